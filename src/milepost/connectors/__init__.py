@@ -1,0 +1,29 @@
+"""Connectors register by URL family; the runner asks for one by URL and role."""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+from milepost.errors import ConnectorError
+from milepost.urls import DatabaseUrl
+
+# family -> (module, the extra that installs its driver)
+_REGISTRY = {
+    "postgresql": ("milepost.connectors.postgres", "postgres"),
+    "mysql": ("milepost.connectors.mysql", "mysql"),
+    "sqlite": ("milepost.connectors.sqlite", None),
+}
+
+
+def connect(url: DatabaseUrl, role: str) -> Any:
+    """Open a connection for `role` ('source' or 'destination')."""
+    module_name, extra = _REGISTRY[url.family]
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise ConnectorError(
+            f"The {role} {url.masked} needs a driver that is not installed ({exc.name}).",
+            hint=f"Install it with: pip install 'milepost[{extra}]'.",
+        ) from None
+    return module.connect(url, role)

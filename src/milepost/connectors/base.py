@@ -1,0 +1,174 @@
+"""What the runner and copier need from a database, whatever the engine.
+
+A connector wraps one driver connection. It knows its SQL dialect (quoting,
+placeholders, keyset predicates), its transactions, and how to reach SQLAlchemy for
+the schema phase. How rows travel between two particular engines lives in
+`milepost.transfer`, not here: a connector only offers what its driver does well.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from typing import Any, Protocol, runtime_checkable
+
+from sqlalchemy.engine import Engine
+
+from milepost.keyset import Key, KeysetSql, RangeFilter
+from milepost.urls import DatabaseUrl
+
+
+@runtime_checkable
+class Connection(Protocol):
+    """One open connection to a source or destination database."""
+
+    family: str
+    url: DatabaseUrl
+    placeholder: str
+    row_values: bool  # does the planner use an index for (a, b) > (x, y)?
+
+    def quote(self, name: str) -> str: ...
+
+    def qualified(self, table: str, schema: str | None = None) -> str: ...
+
+    def execute(self, sql: str, params: Sequence[Any] = ()) -> int: ...
+
+    def query(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]: ...
+
+    def transaction(self) -> Any: ...
+
+    def sqlalchemy_engine(self) -> Engine: ...
+
+    def estimate_rows(self, table: str, schema: str | None) -> int | None: ...
+
+    def close(self) -> None: ...
+
+
+class ConnectionBase:
+    """Dialect plumbing shared by every engine; subclasses wrap the driver."""
+
+    family: str
+    placeholder = "%s"
+    row_values = True
+
+    def __init__(self, url: DatabaseUrl, role: str, raw: Any) -> None:
+        self.url = url
+        self.role = role
+        self.raw = raw
+        self._engine: Engine | None = None
+
+    def quote(self, name: str) -> str:
+        return self.sqlalchemy_engine().dialect.identifier_preparer.quote_identifier(name)
+
+    def qualified(self, table: str, schema: str | None = None) -> str:
+        return f"{self.quote(schema)}.{self.quote(table)}" if schema else self.quote(table)
+
+    def keyset(self, cursor: Sequence[str]) -> KeysetSql:
+        return KeysetSql(tuple(self.quote(c) for c in cursor), self.placeholder, self.row_values)
+
+    def execute(self, sql: str, params: Sequence[Any] = ()) -> int:
+        cur = self.raw.cursor()
+        try:
+            cur.execute(sql, tuple(params))
+            return cur.rowcount
+        finally:
+            cur.close()
+
+    def query(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+        cur = self.raw.cursor()
+        try:
+            cur.execute(sql, tuple(params))
+            return [tuple(r) for r in cur.fetchall()]
+        finally:
+            cur.close()
+
+    def fetch_rows(self, sql: str, params: Sequence[Any] = ()) -> list[Any]:
+        """Rows exactly as the driver returns them: the hot path makes no copies."""
+        cur = self.raw.cursor()
+        try:
+            cur.execute(sql, tuple(params))
+            return cur.fetchall()
+        finally:
+            cur.close()
+
+    def stream_rows(
+        self, sql: str, params: Sequence[Any] = (), size: int = 10_000
+    ) -> Iterator[Any]:
+        """Every row of a query, fetched a page at a time (memory bounded by `size`)."""
+        cur = self.raw.cursor()
+        try:
+            cur.execute(sql, tuple(params))
+            while rows := cur.fetchmany(size):
+                yield from rows
+        finally:
+            cur.close()
+
+    @contextmanager
+    def transaction(self) -> Iterator[None]:
+        """Everything inside commits together or not at all."""
+        self._begin()
+        try:
+            yield
+        except BaseException:
+            self._rollback_quietly()
+            raise
+        self.raw.commit()
+
+    def _begin(self) -> None:
+        """Drivers that open transactions implicitly need nothing here."""
+
+    def _rollback_quietly(self) -> None:
+        with contextlib.suppress(Exception):  # the connection may be what broke
+            self.raw.rollback()
+
+    # --- batch planning: the upper key of the next batch, known before it is read ---
+
+    def next_batch_end(
+        self, table: str, cursor: Sequence[str], rng: RangeFilter, batch_size: int
+    ) -> tuple[Key | None, bool]:
+        """The last key of the next batch of `batch_size` rows, and whether it is the final one.
+
+        Walks only the cursor's index (the nth key after the watermark), so the batch
+        can be read and written as a bounded range whose ledger row needs nothing
+        from the data.
+        """
+        ks = self.keyset(cursor)
+        where, params = rng.sql(ks)
+        cols = ", ".join(ks.columns)
+        p = self.placeholder
+        rows = self.query(
+            f"SELECT {cols} FROM {table} WHERE {where} ORDER BY {ks.order()} LIMIT 1 OFFSET {p}",
+            [*params, batch_size - 1],
+        )
+        if rows:
+            return tuple(rows[0]), False
+        rows = self.query(
+            f"SELECT {cols} FROM {table} WHERE {where} ORDER BY {ks.order(True)} LIMIT 1", params
+        )
+        return (tuple(rows[0]), True) if rows else (None, True)
+
+    def select_range(
+        self,
+        table: str,
+        columns: Sequence[str],
+        cursor: Sequence[str],
+        rng: RangeFilter,
+        select_list: str | None = None,
+    ) -> tuple[str, list[Any]]:
+        ks = self.keyset(cursor)
+        where, params = rng.sql(ks)
+        cols = select_list or ", ".join(self.quote(c) for c in columns)
+        return f"SELECT {cols} FROM {table} WHERE {where} ORDER BY {ks.order()}", params
+
+    def close(self) -> None:
+        with contextlib.suppress(Exception):
+            self.raw.close()
+        if self._engine is not None:
+            self._engine.dispose()
+
+    def sqlalchemy_engine(self) -> Engine:
+        raise NotImplementedError
+
+    def estimate_rows(self, table: str, schema: str | None) -> int | None:
+        return None

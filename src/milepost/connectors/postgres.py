@@ -1,0 +1,112 @@
+"""PostgreSQL through psycopg 3: COPY in both directions, sessions pinned to UTC."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from typing import Any
+
+import psycopg
+from psycopg import sql
+from psycopg.types.string import TextLoader
+from sqlalchemy import create_engine
+from sqlalchemy.engine import Engine
+from sqlalchemy.pool import NullPool
+
+from milepost.connectors.base import ConnectionBase
+from milepost.errors import ConnectorError
+from milepost.urls import DatabaseUrl
+
+
+class PostgresConnection(ConnectionBase):
+    family = "postgresql"
+    placeholder = "%s"
+    row_values = True
+
+    def sqlalchemy_engine(self) -> Engine:
+        if self._engine is None:
+            url = self.url.url.set(drivername="postgresql+psycopg")
+            self._engine = create_engine(url, poolclass=NullPool)
+        return self._engine
+
+    def estimate_rows(self, table: str, schema: str | None) -> int | None:
+        name = f"{self.quote(schema)}.{self.quote(table)}" if schema else self.quote(table)
+        rows = self.query(
+            "SELECT reltuples::bigint FROM pg_class WHERE oid = to_regclass(%s)", [name]
+        )
+        if rows and rows[0][0] is not None and rows[0][0] >= 0:
+            return int(rows[0][0])
+        return int(self.query(f"SELECT count(*) FROM {name}")[0][0])
+
+    def literal(self, value: Any) -> str:
+        """A value inlined into COPY's query, which takes no parameters; quoted by psycopg."""
+        return sql.Literal(value).as_string(self.raw)
+
+    @contextmanager
+    def copy_out(self, query: str, params: Sequence[Any], fmt: str) -> Iterator[Any]:
+        """Stream a query's result in the engine's own COPY format, untouched."""
+        inlined = query.replace("%s", "{}")
+        statement = sql.SQL("COPY (" + inlined + f") TO STDOUT (FORMAT {fmt})").format(
+            *[sql.Literal(v) for v in params]
+        )
+        with self.raw.cursor() as cur, cur.copy(statement) as copy:
+            yield copy
+
+    @contextmanager
+    def copy_in(self, table: str, columns: Sequence[str], fmt: str) -> Iterator[Any]:
+        cols = ", ".join(self.quote(c) for c in columns)
+        with self.raw.cursor() as cur:
+            with cur.copy(f"COPY {table} ({cols}) FROM STDIN (FORMAT {fmt})") as copy:
+                yield copy
+            self.last_copy_rows = cur.rowcount
+
+    def stream_rows(
+        self, sql: str, params: Sequence[Any] = (), size: int = 10_000
+    ) -> Iterator[Any]:
+        # A server-side cursor: the result stays on the server until fetched.
+        with self.raw.transaction(), self.raw.cursor(name="milepost_stream") as cur:
+            cur.itersize = size
+            cur.execute(sql, tuple(params))
+            yield from cur
+
+    def column_types(self, table: str) -> list[str]:
+        """Exact type names, to decide whether binary COPY can pass through unchanged."""
+        rows = self.query(
+            "SELECT attname, format_type(atttypid, atttypmod) FROM pg_attribute "
+            "WHERE attrelid = to_regclass(%s) AND attnum > 0 AND NOT attisdropped ORDER BY attnum",
+            [table],
+        )
+        return [f"{name}:{typ}" for name, typ in rows]
+
+
+def connect(url: DatabaseUrl, role: str) -> PostgresConnection:
+    u = url.url
+    kwargs: dict[str, Any] = {
+        "host": u.host or "localhost",
+        "port": u.port or 5432,
+        "dbname": u.database,
+        "user": u.username,
+        "password": u.password,
+        "connect_timeout": 10,
+        "application_name": f"milepost-{role}",
+    }
+    kwargs.update({k: v for k, v in u.query.items() if isinstance(v, str)})
+    try:
+        raw = psycopg.connect(
+            **{k: v for k, v in kwargs.items() if v is not None}, autocommit=(role == "source")
+        )
+    except psycopg.Error as exc:
+        reason = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
+        raise ConnectorError(
+            f"Cannot connect to the {role} {url.masked}: {reason}",
+            hint="Check host, port, database, user and password (the password may come from "
+            "the URL or from `password:` with an ${ENV} variable).",
+        ) from None
+    raw.execute("SET TIME ZONE 'UTC'")
+    if role == "source":
+        # JSON stays text: re-encoding parsed dicts would cost time and change formatting.
+        for name in ("json", "jsonb"):
+            raw.adapters.register_loader(name, TextLoader)
+    else:
+        raw.commit()
+    return PostgresConnection(url, role, raw)

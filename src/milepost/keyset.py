@@ -1,0 +1,148 @@
+"""Keyset pagination: cursor keys, their durable encoding, and the SQL that ranges over them.
+
+A key is a tuple of cursor values. The ledger stores keys as tagged JSON so a
+watermark written by one version reads back as exactly the same typed values.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime as dt
+import json
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from decimal import Decimal
+from typing import Any
+
+Key = tuple[Any, ...]
+
+
+def encode_key(key: Key | None) -> str | None:
+    if key is None:
+        return None
+    return json.dumps([_tag(v) for v in key], separators=(",", ":"))
+
+
+def decode_key(text: str | None) -> Key | None:
+    if text is None:
+        return None
+    return tuple(_untag(v) for v in json.loads(text))
+
+
+def _tag(v: Any) -> Any:
+    if v is None or isinstance(v, bool | int | str):
+        return v
+    if isinstance(v, float):
+        return {"f": repr(v)}
+    if isinstance(v, Decimal):
+        return {"d": str(v)}
+    if isinstance(v, dt.datetime):
+        return {"ts": v.isoformat()}
+    if isinstance(v, dt.date):
+        return {"date": v.isoformat()}
+    if isinstance(v, dt.time):
+        return {"time": v.isoformat()}
+    if isinstance(v, bytes | bytearray | memoryview):
+        return {"b": base64.b64encode(bytes(v)).decode()}
+    if isinstance(v, uuid.UUID):
+        return {"uuid": str(v)}
+    raise TypeError(f"cannot record a cursor value of type {type(v).__name__}")
+
+
+_UNTAG = {
+    "f": float,
+    "d": Decimal,
+    "ts": dt.datetime.fromisoformat,
+    "date": dt.date.fromisoformat,
+    "time": dt.time.fromisoformat,
+    "b": base64.b64decode,
+    "uuid": uuid.UUID,
+}
+
+
+def _untag(v: Any) -> Any:
+    if isinstance(v, dict):
+        ((tag, text),) = v.items()
+        return _UNTAG[tag](text)
+    return v
+
+
+@dataclass(frozen=True)
+class KeysetSql:
+    """Builds range predicates over a cursor for one SQL dialect.
+
+    PostgreSQL and SQLite compare row values, which their planners turn into one
+    index range. MySQL/MariaDB do not use an index for a row-value comparison, so
+    there the comparison is spelled out with a leading `c1 >= v1` that the range
+    optimizer can use.
+    """
+
+    columns: Sequence[str]  # quoted
+    placeholder: str
+    row_values: bool
+
+    def after(self, key: Key) -> tuple[str, list[Any]]:
+        """Rows strictly after `key`."""
+        return self._compare(key, ">")
+
+    def up_to(self, key: Key) -> tuple[str, list[Any]]:
+        """Rows at or before `key`."""
+        return self._compare(key, "<=")
+
+    def before(self, key: Key) -> tuple[str, list[Any]]:
+        """Rows strictly before `key` (a chunk's exclusive upper end)."""
+        return self._compare(key, "<")
+
+    def order(self, descending: bool = False) -> str:
+        way = " DESC" if descending else ""
+        return ", ".join(c + way for c in self.columns)
+
+    def _compare(self, key: Key, op: str) -> tuple[str, list[Any]]:
+        cols, p = list(self.columns), self.placeholder
+        if len(cols) == 1:
+            return f"{cols[0]} {op} {p}", [key[0]]
+        if self.row_values:
+            marks = ", ".join([p] * len(cols))
+            return f"({', '.join(cols)}) {op} ({marks})", list(key)
+        strict = op[0]  # '<' or '>'
+        return self._expanded(cols, list(key), strict, op)
+
+    def _expanded(
+        self, cols: list[str], vals: list[Any], strict: str, last_op: str
+    ) -> tuple[str, list[Any]]:
+        # (a, b, c) > (x, y, z)  ==  a >= x AND (a > x OR (a = x AND (b, c) > (y, z)))
+        p = self.placeholder
+        if len(cols) == 1:
+            return f"{cols[0]} {last_op} {p}", [vals[0]]
+        inner, inner_params = self._expanded(cols[1:], vals[1:], strict, last_op)
+        sql = (
+            f"{cols[0]} {strict}= {p} AND ({cols[0]} {strict} {p} OR ({cols[0]} = {p} AND {inner}))"
+        )
+        return sql, [vals[0], vals[0], vals[0], *inner_params]
+
+
+@dataclass(frozen=True)
+class RangeFilter:
+    """The rows of one batch or chunk: after `lo` (exclusive), up to `hi` or before `end`."""
+
+    lo: Key | None = None
+    hi: Key | None = None  # inclusive: a batch's last key, known before it is read
+    end: Key | None = None  # exclusive: the chunk's upper bound
+    where: str | None = None
+
+    def sql(self, keyset: KeysetSql) -> tuple[str, list[Any]]:
+        parts: list[str] = []
+        params: list[Any] = []
+        for key, build in (
+            (self.lo, keyset.after),
+            (self.hi, keyset.up_to),
+            (self.end, keyset.before),
+        ):
+            if key is not None:
+                clause, values = build(key)
+                parts.append(f"({clause})")
+                params.extend(values)
+        if self.where:
+            parts.append(f"({self.where})")
+        return (" AND ".join(parts) or "1=1"), params

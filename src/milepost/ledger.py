@@ -1,0 +1,395 @@
+"""The ledger: durable progress and the run's lease, kept in the destination database.
+
+Three small tables. `_milepost_runs` holds one row per pipeline: its run id, phase,
+status and lease (owner host, pid, process start time, heartbeat, and a random
+token). `_milepost_streams` holds each stream's plan. `_milepost_chunks` holds each
+chunk's watermark and rows written.
+
+A batch's rows and its chunk's ledger row commit in one destination transaction,
+and that ledger update only matches while our lease token is still the run's: a
+runner that lost its lease cannot commit another batch (fencing).
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import socket
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import psutil
+import sqlalchemy as sa
+
+from milepost.errors import LeaseHeld, LeaseLost
+from milepost.keyset import Key, decode_key, encode_key
+
+LEASE_TTL_S = 30.0  # how long a silent runner on another host keeps its lease
+HEARTBEAT_EVERY_S = 5.0
+
+_meta = sa.MetaData()
+RUNS = sa.Table(
+    "_milepost_runs",
+    _meta,
+    sa.Column("pipeline", sa.String(100), primary_key=True),
+    sa.Column("run_id", sa.String(32), nullable=False),
+    sa.Column("fingerprint", sa.String(32), nullable=False),
+    sa.Column("phase", sa.String(16), nullable=False),
+    sa.Column("status", sa.String(16), nullable=False),
+    sa.Column("lease_token", sa.String(32)),
+    sa.Column("owner_host", sa.String(255)),
+    sa.Column("owner_pid", sa.Integer),
+    sa.Column("owner_started", sa.Double),
+    sa.Column("heartbeat_at", sa.Double),
+    sa.Column("started_at", sa.Double, nullable=False),
+    sa.Column("updated_at", sa.Double, nullable=False),
+    sa.Column("message", sa.Text),
+)
+STREAMS = sa.Table(
+    "_milepost_streams",
+    _meta,
+    sa.Column("pipeline", sa.String(100), primary_key=True),
+    sa.Column("stream", sa.String(255), primary_key=True),
+    sa.Column("position", sa.Integer, nullable=False),
+    sa.Column("cursor_columns", sa.Text, nullable=False),
+    sa.Column("rows_estimate", sa.BigInteger),
+    sa.Column("transfer", sa.String(32)),
+)
+CHUNKS = sa.Table(
+    "_milepost_chunks",
+    _meta,
+    sa.Column("pipeline", sa.String(100), primary_key=True),
+    sa.Column("stream", sa.String(255), primary_key=True),
+    sa.Column("chunk", sa.Integer, primary_key=True, autoincrement=False),
+    sa.Column("lo", sa.Text),
+    sa.Column("hi", sa.Text),
+    sa.Column("watermark", sa.Text),
+    sa.Column("rows_written", sa.BigInteger, nullable=False),
+    sa.Column("batches", sa.BigInteger, nullable=False),
+    sa.Column("status", sa.String(16), nullable=False),
+    sa.Column("updated_at", sa.Double, nullable=False),
+)
+
+
+@dataclass
+class RunRow:
+    pipeline: str
+    run_id: str
+    fingerprint: str
+    phase: str
+    status: str
+    lease_token: str | None
+    owner_host: str | None
+    owner_pid: int | None
+    owner_started: float | None
+    heartbeat_at: float | None
+    started_at: float
+    updated_at: float
+    message: str | None
+
+
+@dataclass
+class ChunkRow:
+    stream: str
+    index: int
+    lo: Key | None
+    hi: Key | None
+    watermark: Key | None
+    rows_written: int
+    batches: int
+    status: str
+
+    @property
+    def resume_after(self) -> Key | None:
+        """The exclusive lower bound of what is still to copy."""
+        return self.watermark if self.watermark is not None else self.lo
+
+
+@dataclass(frozen=True)
+class Lease:
+    pipeline: str
+    token: str
+
+
+def _sql(conn: Any, text: str) -> str:
+    return text.replace("%s", "?") if conn.placeholder == "?" else text
+
+
+def ensure_tables(conn: Any) -> None:
+    _meta.create_all(conn.sqlalchemy_engine(), checkfirst=True)
+
+
+def tables_exist(conn: Any) -> bool:
+    return sa.inspect(conn.sqlalchemy_engine()).has_table(RUNS.name)
+
+
+def read_run(conn: Any, pipeline: str) -> RunRow | None:
+    cols = ", ".join(c.name for c in RUNS.columns)
+    rows = conn.query(
+        _sql(conn, f"SELECT {cols} FROM _milepost_runs WHERE pipeline = %s"), [pipeline]
+    )
+    return RunRow(*rows[0]) if rows else None
+
+
+def read_chunks(conn: Any, pipeline: str) -> list[ChunkRow]:
+    rows = conn.query(
+        _sql(
+            conn,
+            "SELECT stream, chunk, lo, hi, watermark, rows_written, batches, status "
+            "FROM _milepost_chunks WHERE pipeline = %s ORDER BY stream, chunk",
+        ),
+        [pipeline],
+    )
+    return [
+        ChunkRow(s, int(i), decode_key(lo), decode_key(hi), decode_key(wm), int(n), int(b), st)
+        for s, i, lo, hi, wm, n, b, st in rows
+    ]
+
+
+def read_streams(conn: Any, pipeline: str) -> list[tuple[str, int, int | None, str | None]]:
+    return [
+        (s, int(p), None if e is None else int(e), t)
+        for s, p, e, t in conn.query(
+            _sql(
+                conn,
+                "SELECT stream, position, rows_estimate, transfer FROM _milepost_streams "
+                "WHERE pipeline = %s ORDER BY position",
+            ),
+            [pipeline],
+        )
+    ]
+
+
+# --- the lease -----------------------------------------------------------------------
+
+
+def _process_started(pid: int) -> float | None:
+    try:
+        return psutil.Process(pid).create_time()
+    except (psutil.NoSuchProcess, psutil.AccessDenied):
+        return None
+
+
+def holder_is_alive(run: RunRow, now: float, host: str | None = None) -> bool:
+    """A lease holds while its process lives (same host) or its heartbeat is fresh."""
+    if not run.lease_token:
+        return False
+    host = host or socket.gethostname()
+    if run.owner_host == host and run.owner_pid is not None:
+        started = _process_started(run.owner_pid)
+        if started is None:
+            return False
+        # A recycled pid belongs to another process: compare start times.
+        return run.owner_started is None or abs(started - run.owner_started) < 1.0
+    return run.heartbeat_at is not None and now - run.heartbeat_at < LEASE_TTL_S
+
+
+def describe_holder(run: RunRow, now: float) -> str:
+    age = f"{now - run.heartbeat_at:.0f}s ago" if run.heartbeat_at else "never"
+    return f"pid {run.owner_pid} on host {run.owner_host} (last heartbeat {age})"
+
+
+def acquire(conn: Any, pipeline: str, fingerprint: str) -> tuple[Lease, RunRow | None, str | None]:
+    """Take the pipeline's lease. Returns the lease, the run row as it was, and a takeover note.
+
+    Raises LeaseHeld when a live runner holds it.
+    """
+    token = secrets.token_hex(16)
+    now = time.time()
+    host, pid = socket.gethostname(), os.getpid()
+    started = _process_started(pid)
+    lock = "" if conn.family == "sqlite" else " FOR UPDATE"
+    cols = ", ".join(c.name for c in RUNS.columns)
+    note = None
+    with conn.transaction():
+        rows = conn.query(
+            _sql(conn, f"SELECT {cols} FROM _milepost_runs WHERE pipeline = %s{lock}"), [pipeline]
+        )
+        before = RunRow(*rows[0]) if rows else None
+        if before is not None:
+            if holder_is_alive(before, now, host):
+                raise LeaseHeld(
+                    f"Pipeline '{pipeline}' is being run by {describe_holder(before, now)}.",
+                    hint="Wait for it, or stop it with SIGINT/SIGTERM; a second runner would "
+                    "race it.",
+                )
+            if before.lease_token:
+                note = (
+                    f"took over the lease of {describe_holder(before, now)}, whose process is gone"
+                )
+            conn.execute(
+                _sql(
+                    conn,
+                    "UPDATE _milepost_runs SET lease_token = %s, owner_host = %s, owner_pid = %s, "
+                    "owner_started = %s, heartbeat_at = %s, updated_at = %s WHERE pipeline = %s",
+                ),
+                [token, host, pid, started, now, now, pipeline],
+            )
+        else:
+            try:
+                conn.execute(
+                    _sql(
+                        conn,
+                        "INSERT INTO _milepost_runs (pipeline, run_id, fingerprint, phase, status, "
+                        "lease_token, owner_host, owner_pid, owner_started, heartbeat_at, "
+                        "started_at, updated_at) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, "
+                        "%s, %s)",
+                    ),
+                    [
+                        pipeline,
+                        "",
+                        fingerprint,
+                        "new",
+                        "new",
+                        token,
+                        host,
+                        pid,
+                        started,
+                        now,
+                        now,
+                        now,
+                    ],
+                )
+            except Exception as exc:
+                if "duplicate" in str(exc).lower() or "unique" in str(exc).lower():
+                    raise LeaseHeld(
+                        f"Pipeline '{pipeline}' was just started by another runner."
+                    ) from None
+                raise
+    return Lease(pipeline, token), before, note
+
+
+def heartbeat(conn: Any, lease: Lease) -> None:
+    with conn.transaction():
+        n = conn.execute(
+            _sql(
+                conn,
+                "UPDATE _milepost_runs SET heartbeat_at = %s "
+                "WHERE pipeline = %s AND lease_token = %s",
+            ),
+            [time.time(), lease.pipeline, lease.token],
+        )
+    if n == 0:
+        raise LeaseLost(f"Pipeline '{lease.pipeline}': another runner took over the lease.")
+
+
+def release(conn: Any, lease: Lease, status: str, message: str | None = None) -> None:
+    with conn.transaction():
+        conn.execute(
+            _sql(
+                conn,
+                "UPDATE _milepost_runs SET lease_token = NULL, status = %s, message = %s, "
+                "updated_at = %s WHERE pipeline = %s AND lease_token = %s",
+            ),
+            [status, message, time.time(), lease.pipeline, lease.token],
+        )
+
+
+def set_state(
+    conn: Any,
+    lease: Lease,
+    *,
+    phase: str | None = None,
+    status: str | None = None,
+    run_id: str | None = None,
+    fingerprint: str | None = None,
+    message: str | None = None,
+) -> None:
+    """Change the run's phase/status (in the caller's transaction when there is one)."""
+    sets, params = ["updated_at = %s"], [time.time()]
+    for col, val in (
+        ("phase", phase),
+        ("status", status),
+        ("run_id", run_id),
+        ("fingerprint", fingerprint),
+        ("message", message),
+    ):
+        if val is not None:
+            sets.append(f"{col} = %s")
+            params.append(val)
+    n = conn.execute(
+        _sql(
+            conn,
+            f"UPDATE _milepost_runs SET {', '.join(sets)} WHERE pipeline = %s AND lease_token = %s",
+        ),
+        [*params, lease.pipeline, lease.token],
+    )
+    if n == 0:
+        raise LeaseLost(f"Pipeline '{lease.pipeline}': another runner took over the lease.")
+
+
+# --- progress ------------------------------------------------------------------------
+
+
+def reset_plan(conn: Any, pipeline: str) -> None:
+    for table in ("_milepost_chunks", "_milepost_streams"):
+        conn.execute(_sql(conn, f"DELETE FROM {table} WHERE pipeline = %s"), [pipeline])
+
+
+def record_stream(
+    conn: Any,
+    pipeline: str,
+    stream: str,
+    position: int,
+    cursor: list[str],
+    rows_estimate: int | None,
+    transfer: str,
+    chunks: list[tuple[int, Key | None, Key | None]],
+) -> None:
+    import json
+
+    conn.execute(
+        _sql(
+            conn,
+            "INSERT INTO _milepost_streams (pipeline, stream, position, cursor_columns, "
+            "rows_estimate, transfer) VALUES (%s, %s, %s, %s, %s, %s)",
+        ),
+        [pipeline, stream, position, json.dumps(cursor), rows_estimate, transfer],
+    )
+    now = time.time()
+    for index, lo, hi in chunks:
+        conn.execute(
+            _sql(
+                conn,
+                "INSERT INTO _milepost_chunks (pipeline, stream, chunk, lo, hi, watermark, "
+                "rows_written, batches, status, updated_at) "
+                "VALUES (%s, %s, %s, %s, %s, NULL, 0, 0, 'pending', %s)",
+            ),
+            [pipeline, stream, index, encode_key(lo), encode_key(hi), now],
+        )
+
+
+def advance(
+    conn: Any, lease: Lease, stream: str, chunk: int, watermark: Key | None, rows: int, done: bool
+) -> None:
+    """Move a chunk's watermark; call inside the transaction that wrote the batch.
+
+    The update matches only while our lease token is the run's, so a runner whose
+    lease was taken over fails here and its batch rolls back with it.
+    """
+    n = conn.execute(
+        _sql(
+            conn,
+            "UPDATE _milepost_chunks SET watermark = COALESCE(%s, watermark), "
+            "rows_written = rows_written + %s, batches = batches + 1, status = %s, updated_at = %s "
+            "WHERE pipeline = %s AND stream = %s AND chunk = %s AND EXISTS (SELECT 1 FROM "
+            "_milepost_runs WHERE pipeline = %s AND lease_token = %s)",
+        ),
+        [
+            encode_key(watermark),
+            rows,
+            "done" if done else "copying",
+            time.time(),
+            lease.pipeline,
+            stream,
+            chunk,
+            lease.pipeline,
+            lease.token,
+        ],
+    )
+    if n != 1:
+        raise LeaseLost(
+            f"Pipeline '{lease.pipeline}': another runner took over the lease; "
+            "this batch was rolled back."
+        )

@@ -1,0 +1,360 @@
+"""A run, phase by phase: preflight, lease, schema, copy (parallel chunks), finalize.
+
+The runner decides nothing about resuming itself (`recovery.decide` does) and moves
+no rows itself (`copier.copy_chunk` does). It owns the order of phases, the workers,
+the heartbeat, and stopping cleanly when asked.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import queue
+import threading
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+from milepost import connectors, ledger, recovery, schema, transfer
+from milepost.config import Pipeline
+from milepost.copier import BatchDone, copy_chunk
+from milepost.errors import ConfigError, LeaseLost, MilepostError, Paused, ResumeRefused
+from milepost.events import Event, Listener, ignore
+from milepost.plan import foreign_key_order, plan_chunks
+
+
+@dataclass
+class RunResult:
+    run_id: str
+    status: str
+    rows_written: int
+    resumed: bool
+
+
+class Runner:
+    def __init__(
+        self, pipeline: Pipeline, *, fresh: bool = False, on_event: Listener = ignore
+    ) -> None:
+        self.pipeline = pipeline
+        self.fresh = fresh
+        self.emit = on_event
+        self.stop = threading.Event()
+        self._errors: list[BaseException] = []
+        self._lock = threading.Lock()
+        self._rows_done: dict[str, int] = {}
+        self._rows_total: dict[str, int | None] = {}
+
+    def request_stop(self) -> None:
+        """Finish the batches in flight, record them, and stop (SIGINT/SIGTERM)."""
+        self.stop.set()
+
+    # --- the run ------------------------------------------------------------------
+
+    def run(self) -> RunResult:
+        p = self.pipeline
+        src = connectors.connect(p.source_url(), "source")
+        dst = None
+        try:
+            dst = connectors.connect(p.destination_url(), "destination")
+            return self._run(src, dst)
+        finally:
+            src.close()
+            if dst is not None:
+                dst.close()
+
+    def _run(self, src: Any, dst: Any) -> RunResult:
+        p = self.pipeline
+        fingerprint = p.fingerprint()
+        tables = foreign_key_order([schema.inspect_source(src, s) for s in p.streams])
+        plans = schema.inspect_destination(src, dst, tables)
+        recorded = ledger.read_run(dst, p.name) if ledger.tables_exist(dst) else None
+        self._preflight(recovery.decide(recorded, fingerprint, fresh=self.fresh), plans)
+
+        ledger.ensure_tables(dst)
+        lease, before, takeover = ledger.acquire(dst, p.name, fingerprint)
+        heartbeat = _Heartbeat(p, lease, self)
+        heartbeat.start()
+        status, message = "failed", None
+        try:
+            if takeover:
+                self.emit(Event("message", text=f"Pipeline '{p.name}': {takeover}."))
+            decision = recovery.decide(before, fingerprint, fresh=self.fresh)
+            self._preflight(decision, plans)
+            if decision.action == "done":
+                status = "done"
+                self.emit(Event("finished", text=decision.reason))
+                return RunResult(before.run_id if before else "", "done", 0, False)
+            resumed = decision.action == "resume"
+            run_id = before.run_id if resumed and before else uuid.uuid4().hex
+            self.emit(
+                Event("run", text=decision.reason, data={"run_id": run_id, "resumed": resumed})
+            )
+            phase = decision.phase if resumed else "schema"
+            if phase == "schema":
+                self._schema_phase(src, dst, lease, run_id, fingerprint, plans)
+                phase = "copy"
+            else:
+                with dst.transaction():
+                    ledger.set_state(dst, lease, status="running")
+            if phase == "copy":
+                self._copy_phase(dst, lease, plans)
+                if self.stop.is_set() or self._errors:
+                    status, message = self._stopped_status()
+                    self._raise_stopped()
+                with dst.transaction():
+                    ledger.set_state(dst, lease, phase="finalize")
+                phase = "finalize"
+            self.emit(Event("phase", text="finalize"))
+            added = schema.add_foreign_keys(dst, plans)
+            if added:
+                self.emit(Event("message", text=f"added {added} foreign key constraint(s)"))
+            with dst.transaction():
+                ledger.set_state(dst, lease, phase="done", status="done")
+            status = "done"
+            total = sum(self._rows_done.values())
+            self.emit(Event("finished", rows_done=total, text=f"run {run_id} complete"))
+            return RunResult(run_id, "done", total, resumed)
+        except Paused:
+            status = "paused"
+            raise
+        except MilepostError as exc:
+            message = str(exc)
+            raise
+        finally:
+            heartbeat.finish()
+            # The destination may be what failed; the lease then lapses by itself.
+            with contextlib.suppress(Exception):
+                ledger.release(dst, lease, status, message)
+
+    def _preflight(self, decision: recovery.Decision, plans: list[schema.DestinationPlan]) -> None:
+        """Refuse before writing anything when the destination cannot take a fresh copy."""
+        if decision.action == "refuse":
+            raise ResumeRefused(
+                f"Pipeline '{self.pipeline.name}': {decision.reason}.",
+                hint="Run with --fresh to empty the destination tables and start over, or "
+                "restore the pipeline file it was started with.",
+            )
+        if decision.action == "fresh" and not self.fresh:
+            for plan in plans:
+                if plan.rows_present:
+                    raise ConfigError(
+                        f"Stream '{plan.source.stream.target}': the destination table "
+                        f"'{plan.table.name}' already holds rows, and no progress of this "
+                        "pipeline is recorded for them; copying would duplicate them.",
+                        hint="Empty the table, write into another one with `name:`, or run "
+                        "with --fresh to let milepost empty it.",
+                    )
+
+    def _schema_phase(
+        self,
+        src: Any,
+        dst: Any,
+        lease: ledger.Lease,
+        run_id: str,
+        fingerprint: str,
+        plans: list[schema.DestinationPlan],
+    ) -> None:
+        p = self.pipeline
+        self.emit(Event("phase", text="schema"))
+        with dst.transaction():
+            ledger.set_state(
+                dst,
+                lease,
+                phase="schema",
+                status="running",
+                run_id=run_id,
+                fingerprint=fingerprint,
+                message="",
+            )
+            ledger.reset_plan(dst, p.name)
+        if self.fresh:
+            for plan in plans:
+                if plan.exists:
+                    with dst.transaction():
+                        dst.execute(f"DELETE FROM {dst.quote(plan.table.name)}")
+                    self.emit(Event("message", text=f"emptied {plan.table.name} (--fresh)"))
+        created = schema.create_tables(dst, plans)
+        for name in created:
+            self.emit(Event("message", text=f"created table {name}"))
+        with dst.transaction():
+            for position, plan in enumerate(plans):
+                src_table = src.qualified(plan.source.name, plan.source.stream.schema_)
+                estimate = src.estimate_rows(plan.source.name, plan.source.stream.schema_)
+                chunks = plan_chunks(src, plan.source, src_table, estimate, p.batch_size)
+                path = transfer.choose(src, dst, plan.source)
+                ledger.record_stream(
+                    dst,
+                    p.name,
+                    plan.source.stream.target,
+                    position,
+                    plan.source.cursor,
+                    estimate,
+                    path.name,
+                    [(c.index, c.lo, c.hi) for c in chunks],
+                )
+            ledger.set_state(dst, lease, phase="copy")
+
+    # --- the copy phase: chunks over workers ----------------------------------------
+
+    def _copy_phase(
+        self, dst: Any, lease: ledger.Lease, plans: list[schema.DestinationPlan]
+    ) -> None:
+        p = self.pipeline
+        self.emit(Event("phase", text="copy"))
+        by_target = {plan.source.stream.target: plan.source for plan in plans}
+        chunks = ledger.read_chunks(dst, p.name)
+        estimates = {s: e for s, _, e, _ in ledger.read_streams(dst, p.name)}
+        order = [plan.source.stream.target for plan in plans]
+        for stream in order:
+            mine = [c for c in chunks if c.stream == stream]
+            done = sum(c.rows_written for c in mine)
+            self._rows_done[stream] = done
+            self._rows_total[stream] = estimates.get(stream)
+            self.emit(
+                Event(
+                    "stream",
+                    stream=stream,
+                    rows_done=done,
+                    rows_total=estimates.get(stream),
+                    data={
+                        "chunks": len(mine),
+                        "chunks_done": sum(c.status == "done" for c in mine),
+                    },
+                )
+            )
+        pending = [
+            c for stream in order for c in chunks if c.stream == stream and c.status != "done"
+        ]
+        work: queue.Queue[ledger.ChunkRow] = queue.Queue()
+        for c in pending:
+            work.put(c)
+        workers = min(p.workers, max(1, len(pending)))
+        if dst.family == "sqlite" and workers > 1:
+            self.emit(Event("message", text="SQLite takes one writer at a time: using 1 worker"))
+            workers = 1
+        threads = [
+            threading.Thread(
+                target=self._worker,
+                args=(work, lease, by_target),
+                name=f"milepost-worker-{i}",
+                daemon=True,
+            )
+            for i in range(workers)
+        ]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        for stream in order:
+            if not self.stop.is_set() and not self._errors:
+                self.emit(Event("stream_done", stream=stream, rows_done=self._rows_done[stream]))
+
+    def _worker(
+        self,
+        work: queue.Queue[ledger.ChunkRow],
+        lease: ledger.Lease,
+        tables: dict[str, schema.SourceTable],
+    ) -> None:
+        p = self.pipeline
+        src = dst = None
+        try:
+            src = connectors.connect(p.source_url(), "source")
+            dst = connectors.connect(p.destination_url(), "destination")
+            paths: dict[str, transfer.Transfer] = {}
+            while not self.stop.is_set():
+                try:
+                    chunk = work.get_nowait()
+                except queue.Empty:
+                    return
+                table = tables[chunk.stream]
+                if chunk.stream not in paths:
+                    paths[chunk.stream] = transfer.choose(src, dst, table)
+                copy_chunk(
+                    src,
+                    dst,
+                    paths[chunk.stream],
+                    lease,
+                    table,
+                    chunk,
+                    p.batch_size,
+                    self.stop,
+                    self._on_batch,
+                )
+        except BaseException as exc:
+            with self._lock:
+                self._errors.append(exc)
+            self.stop.set()
+        finally:
+            for conn in (src, dst):
+                if conn is not None:
+                    conn.close()
+
+    def _on_batch(self, batch: BatchDone) -> None:
+        with self._lock:
+            self._rows_done[batch.stream] += batch.rows
+            done = self._rows_done[batch.stream]
+        self.emit(
+            Event(
+                "batch",
+                stream=batch.stream,
+                rows=batch.rows,
+                rows_done=done,
+                rows_total=self._rows_total.get(batch.stream),
+                data={"chunk": batch.chunk, "chunk_done": batch.chunk_done},
+            )
+        )
+
+    def _stopped_status(self) -> tuple[str, str | None]:
+        if self._errors:
+            return "failed", str(self._errors[0])
+        return "paused", "stopped on request after a committed batch"
+
+    def _raise_stopped(self) -> None:
+        if self._errors:
+            err = self._errors[0]
+            if isinstance(err, MilepostError):
+                raise err
+            raise MilepostError(f"Pipeline '{self.pipeline.name}': {err}") from err
+        raise Paused(
+            f"Pipeline '{self.pipeline.name}' paused after its last committed batch.",
+            hint="Run the same command again to resume.",
+        )
+
+
+class _Heartbeat(threading.Thread):
+    """Keeps the lease fresh on its own connection, so slow batches do not lose it."""
+
+    def __init__(self, pipeline: Pipeline, lease: ledger.Lease, runner: Runner) -> None:
+        super().__init__(name="milepost-heartbeat", daemon=True)
+        self.pipeline = pipeline
+        self.lease = lease
+        self.runner = runner
+        self._done = threading.Event()
+
+    def run(self) -> None:
+        conn = None
+        while not self._done.wait(ledger.HEARTBEAT_EVERY_S):
+            try:
+                if conn is None:
+                    conn = connectors.connect(self.pipeline.destination_url(), "destination")
+                ledger.heartbeat(conn, self.lease)
+            except LeaseLost as exc:
+                with self.runner._lock:
+                    self.runner._errors.append(exc)
+                self.runner.stop.set()
+                break
+            except Exception:
+                # A missed beat is harmless while the process lives; reconnect next time.
+                if conn is not None:
+                    conn.close()
+                conn = None
+        if conn is not None:
+            conn.close()
+
+    def finish(self) -> None:
+        self._done.set()
+        self.join(timeout=10)
+
+
+def run(pipeline: Pipeline, *, fresh: bool = False, on_event: Listener = ignore) -> RunResult:
+    """Run a pipeline to completion (the Python API)."""
+    return Runner(pipeline, fresh=fresh, on_event=on_event).run()

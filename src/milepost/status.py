@@ -1,0 +1,62 @@
+"""What a pipeline's ledger says, as plain data: for `milepost status` and, later, the API."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from milepost import connectors, ledger
+from milepost.config import Pipeline
+
+
+def pipeline_status(pipeline: Pipeline) -> dict[str, Any]:
+    """Read the ledger in the destination; never takes the lease, never writes."""
+    dst = connectors.connect(pipeline.destination_url(), "destination")
+    try:
+        if not ledger.tables_exist(dst):
+            return {"pipeline": pipeline.name, "status": "never run", "streams": []}
+        run = ledger.read_run(dst, pipeline.name)
+        if run is None:
+            return {"pipeline": pipeline.name, "status": "never run", "streams": []}
+        now = time.time()
+        chunks = ledger.read_chunks(dst, pipeline.name)
+        streams = []
+        for name, _position, estimate, path in ledger.read_streams(dst, pipeline.name):
+            mine = [c for c in chunks if c.stream == name]
+            done = sum(c.status == "done" for c in mine)
+            streams.append(
+                {
+                    "stream": name,
+                    "rows_written": sum(c.rows_written for c in mine),
+                    "rows_estimate": estimate,
+                    "chunks": len(mine),
+                    "chunks_done": done,
+                    "state": "done"
+                    if mine and done == len(mine)
+                    else ("in_progress" if any(c.batches for c in mine) else "pending"),
+                    "transfer": path,
+                }
+            )
+        alive = ledger.holder_is_alive(run, now)
+        return {
+            "pipeline": pipeline.name,
+            "run_id": run.run_id,
+            "phase": run.phase,
+            "status": "running" if alive else run.status,
+            "lease": (
+                {
+                    "host": run.owner_host,
+                    "pid": run.owner_pid,
+                    "heartbeat_age_s": round(now - run.heartbeat_at, 1)
+                    if run.heartbeat_at
+                    else None,
+                }
+                if alive
+                else None
+            ),
+            "message": run.message or None,
+            "rows_written": sum(s["rows_written"] for s in streams),
+            "streams": streams,
+        }
+    finally:
+        dst.close()

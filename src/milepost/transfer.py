@@ -1,0 +1,169 @@
+"""How one batch's rows travel from source to destination, per pair of engines.
+
+Every path reads a bounded cursor range (its last key already known) and writes it
+inside the destination transaction that the copier opened; it returns the number of
+rows the destination accepted. Each path keeps rows in the cheapest form the pair
+allows, measured in bench/results/copy.md:
+
+- PostgreSQL -> PostgreSQL: COPY ... TO STDOUT bytes fed to COPY ... FROM STDIN,
+  never parsed (binary when the column types are identical, text otherwise).
+- SQLite -> SQLite: the destination attaches the source file; INSERT ... SELECT.
+- MySQL -> PostgreSQL: the server formats each row as a COPY text line, so the pure
+  Python driver parses one field per row rather than one per column.
+- SQLite -> PostgreSQL: driver tuples into psycopg's C `write_row`.
+- anything -> SQLite or MySQL: driver tuples into `executemany`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from milepost.keyset import RangeFilter
+from milepost.schema import SourceTable
+from milepost.typemap import Logical
+
+
+class Transfer(Protocol):
+    name: str
+
+    def write_batch(self, rng: RangeFilter) -> int: ...
+
+
+@dataclass
+class _Path:
+    src: Any
+    dst: Any
+    table: SourceTable
+    src_table: str
+    dst_table: str
+
+    @property
+    def columns(self) -> list[str]:
+        return self.table.columns
+
+    def select(
+        self, rng: RangeFilter, select_list: str | None = None, src_table: str | None = None
+    ) -> tuple[str, list[Any]]:
+        return self.src.select_range(
+            src_table or self.src_table, self.columns, self.table.cursor, rng, select_list
+        )
+
+
+class PostgresCopyPassthrough(_Path):
+    """COPY bytes from one PostgreSQL straight into another."""
+
+    name = "pg-copy-binary"
+
+    def __init__(self, *args: Any, binary: bool) -> None:
+        super().__init__(*args)
+        self.fmt = "binary" if binary else "text"
+        self.name = f"pg-copy-{self.fmt}"
+
+    def write_batch(self, rng: RangeFilter) -> int:
+        query, params = self.select(rng)
+        with (
+            self.src.copy_out(query, params, self.fmt) as out,
+            self.dst.copy_in(self.dst_table, self.columns, self.fmt) as into,
+        ):
+            for block in out:
+                into.write(block)
+        return int(self.dst.last_copy_rows)
+
+
+class SqliteAttachedInsert(_Path):
+    """SQLite reads the attached source file itself; no row passes through Python."""
+
+    name = "sqlite-attach"
+
+    def write_batch(self, rng: RangeFilter) -> int:
+        alias = self.dst.attach_source(self.src.path)
+        source = f"{alias}.{self.src_table}"
+        query, params = self.select(rng, src_table=source)
+        cols = ", ".join(self.dst.quote(c) for c in self.columns)
+        return int(self.dst.execute(f"INSERT INTO {self.dst_table} ({cols}) {query}", params))
+
+
+class MysqlLinesToCopy(_Path):
+    """MariaDB/MySQL renders COPY text lines; PostgreSQL parses them."""
+
+    name = "mysql-copy-text"
+
+    def __post_init__(self) -> None:
+        parts = [_copy_text_field(self.src.quote(c), self.table.logical[c]) for c in self.columns]
+        self.select_list = f"CONVERT(CONCAT_WS('\\t', {', '.join(parts)}) USING utf8mb4)"
+
+    def write_batch(self, rng: RangeFilter) -> int:
+        query, params = self.select(rng, self.select_list)
+        rows = self.src.fetch_rows(query, params)
+        if not rows:
+            return 0
+        with self.dst.copy_in(self.dst_table, self.columns, "text") as into:
+            into.write("\n".join([r[0] for r in rows]))
+            into.write("\n")
+        return int(self.dst.last_copy_rows)
+
+
+def _copy_text_field(col: str, logical: Logical | None) -> str:
+    """A MySQL expression that renders one column as a PostgreSQL COPY text field."""
+    kind = logical.kind if logical else "text"
+    if kind == "bytes":
+        return rf"IFNULL(CONCAT('\\\\x', HEX({col})), '\\N')"
+    if kind in {"text", "varchar", "json", "jsonb", "uuid"}:
+        escaped = (
+            rf"REPLACE(REPLACE(REPLACE(REPLACE({col}, '\\', '\\\\'), '\t', '\\t'), "
+            rf"'\n', '\\n'), '\r', '\\r')"
+        )
+        return rf"IFNULL({escaped}, '\\N')"
+    return rf"IFNULL({col}, '\\N')"
+
+
+class RowsToCopy(_Path):
+    """Driver tuples written by psycopg's C COPY formatter."""
+
+    name = "rows-copy"
+
+    def write_batch(self, rng: RangeFilter) -> int:
+        query, params = self.select(rng)
+        rows = self.src.fetch_rows(query, params)
+        if not rows:
+            return 0
+        with self.dst.copy_in(self.dst_table, self.columns, "text") as into:
+            for row in rows:
+                into.write_row(row)
+        return int(self.dst.last_copy_rows)
+
+
+class RowsToInsert(_Path):
+    """Driver tuples into a multi-row INSERT (SQLite and MySQL destinations)."""
+
+    name = "rows-insert"
+
+    def write_batch(self, rng: RangeFilter) -> int:
+        query, params = self.select(rng)
+        rows = self.src.fetch_rows(query, params)
+        if not rows:
+            return 0
+        return int(self.dst.insert_rows(self.dst_table, self.columns, rows))
+
+
+def choose(src: Any, dst: Any, table: SourceTable) -> Transfer:
+    """The cheapest path for this pair of engines and this table."""
+    src_table = src.qualified(table.name, table.stream.schema_)
+    dst_table = dst.quote(table.stream.target)
+    args = (src, dst, table, src_table, dst_table)
+    pair = (src.family, dst.family)
+    if pair == ("postgresql", "postgresql"):
+        wanted = [
+            t for t in src.column_types(src_table) if t.split(":", 1)[0] in set(table.columns)
+        ]
+        have = [t for t in dst.column_types(dst_table) if t.split(":", 1)[0] in set(table.columns)]
+        binary = sorted(wanted) == sorted(have)
+        return PostgresCopyPassthrough(*args, binary=binary)
+    if pair == ("sqlite", "sqlite"):
+        return SqliteAttachedInsert(*args)
+    if pair == ("mysql", "postgresql"):
+        return MysqlLinesToCopy(*args)
+    if dst.family == "postgresql":
+        return RowsToCopy(*args)
+    return RowsToInsert(*args)
