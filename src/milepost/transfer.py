@@ -38,6 +38,9 @@ class _Path:
     src_table: str
     dst_table: str
 
+    def __post_init__(self) -> None:
+        """Per-path set-up, done once per worker outside any transaction."""
+
     @property
     def columns(self) -> list[str]:
         return self.table.columns
@@ -76,9 +79,12 @@ class SqliteAttachedInsert(_Path):
 
     name = "sqlite-attach"
 
+    def __post_init__(self) -> None:
+        # ATTACH is refused inside a transaction, so it happens before the first batch.
+        self.alias = self.dst.attach_source(self.src.path)
+
     def write_batch(self, rng: RangeFilter) -> int:
-        alias = self.dst.attach_source(self.src.path)
-        source = f"{alias}.{self.src_table}"
+        source = f"{self.alias}.{self.src_table}"
         query, params = self.select(rng, src_table=source)
         cols = ", ".join(self.dst.quote(c) for c in self.columns)
         return int(self.dst.execute(f"INSERT INTO {self.dst_table} ({cols}) {query}", params))
