@@ -48,7 +48,14 @@ def copy_chunk(
     watermark = chunk.resume_after
     while not stop.is_set():
         remaining = RangeFilter(lo=watermark, hi=chunk.hi, where=where)
-        end, final = src.next_batch_end(src_table, table.cursor, remaining, batch_size)
+        try:
+            end, final = src.next_batch_end(src_table, table.cursor, remaining, batch_size)
+        except Exception as exc:
+            raise CopyFailed(
+                f"Stream '{stream}', chunk {chunk.index}: reading the source after cursor "
+                f"{_show(watermark)} failed: {_reason(exc)}",
+                hint="Every batch before it is committed; run again to continue from there.",
+            ) from exc
         batch = RangeFilter(lo=watermark, hi=end, where=where)
         try:
             with dst.transaction():

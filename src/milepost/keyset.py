@@ -144,5 +144,7 @@ class RangeFilter:
                 parts.append(f"({clause})")
                 params.extend(values)
         if self.where:
-            parts.append(f"({self.where})")
+            # Drivers with %s placeholders read a lone % as one; the user's SQL means a %.
+            where = self.where.replace("%", "%%") if keyset.placeholder == "%s" else self.where
+            parts.append(f"({where})")
         return (" AND ".join(parts) or "1=1"), params

@@ -106,10 +106,26 @@ def inspect_source(conn: Any, stream: StreamConfig) -> SourceTable:
             "NULL, and rows with a NULL cursor cannot be paged by keyset.",
             hint="Choose a NOT NULL cursor column.",
         )
+    if stream.where:
+        _check_where(conn, stream, label)
     types = {c["name"]: c["type"] for c in cols}
     logical = {n: classify(types[n], declared.get(n) if declared else None) for n in names}
     fks = insp.get_foreign_keys(stream.table, schema=stream.schema_)
     return SourceTable(stream, names, types, logical, declared, nullable, pk, cursor, fks)
+
+
+def _check_where(conn: Any, stream: StreamConfig, label: str) -> None:
+    """Let the source parse the filter now, so a typo fails before anything is written."""
+    table = conn.qualified(stream.table, stream.schema_)
+    try:
+        conn.query(f"SELECT 1 FROM {table} WHERE ({stream.where}) LIMIT 0")
+    except Exception as exc:
+        reason = " ".join(str(exc).split())[:300]
+        raise ConfigError(
+            f"Stream '{stream.target}': the source rejects `where: {stream.where}` on "
+            f"'{label}': {reason}",
+            hint="Write the condition in the source database's own SQL dialect.",
+        ) from None
 
 
 def inspect_destination(

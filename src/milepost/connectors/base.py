@@ -67,10 +67,15 @@ class ConnectionBase:
     def keyset(self, cursor: Sequence[str]) -> KeysetSql:
         return KeysetSql(tuple(self.quote(c) for c in cursor), self.placeholder, self.row_values)
 
+    def bind(self, params: Sequence[Any]) -> Any:
+        """Parameters as the driver wants them; None when there are none, so that a
+        literal % in the SQL is not taken for a placeholder."""
+        return tuple(params) if params else None
+
     def execute(self, sql: str, params: Sequence[Any] = ()) -> int:
         cur = self.raw.cursor()
         try:
-            cur.execute(sql, tuple(params))
+            cur.execute(sql, self.bind(params))
             return cur.rowcount
         finally:
             cur.close()
@@ -78,7 +83,7 @@ class ConnectionBase:
     def query(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
         cur = self.raw.cursor()
         try:
-            cur.execute(sql, tuple(params))
+            cur.execute(sql, self.bind(params))
             return [tuple(r) for r in cur.fetchall()]
         finally:
             cur.close()
@@ -87,7 +92,7 @@ class ConnectionBase:
         """Rows exactly as the driver returns them: the hot path makes no copies."""
         cur = self.raw.cursor()
         try:
-            cur.execute(sql, tuple(params))
+            cur.execute(sql, self.bind(params))
             return cur.fetchall()
         finally:
             cur.close()
@@ -98,7 +103,7 @@ class ConnectionBase:
         """Every row of a query, fetched a page at a time (memory bounded by `size`)."""
         cur = self.raw.cursor()
         try:
-            cur.execute(sql, tuple(params))
+            cur.execute(sql, self.bind(params))
             while rows := cur.fetchmany(size):
                 yield from rows
         finally:

@@ -7,7 +7,6 @@ from contextlib import contextmanager
 from typing import Any
 
 import psycopg
-from psycopg import sql
 from psycopg.types.string import TextLoader
 from sqlalchemy import create_engine
 from sqlalchemy.engine import Engine
@@ -38,17 +37,12 @@ class PostgresConnection(ConnectionBase):
             return int(rows[0][0])
         return int(self.query(f"SELECT count(*) FROM {name}")[0][0])
 
-    def literal(self, value: Any) -> str:
-        """A value inlined into COPY's query, which takes no parameters; quoted by psycopg."""
-        return sql.Literal(value).as_string(self.raw)
-
     @contextmanager
     def copy_out(self, query: str, params: Sequence[Any], fmt: str) -> Iterator[Any]:
         """Stream a query's result in the engine's own COPY format, untouched."""
-        inlined = query.replace("%s", "{}")
-        statement = sql.SQL("COPY (" + inlined + f") TO STDOUT (FORMAT {fmt})").format(
-            *[sql.Literal(v) for v in params]
-        )
+        # COPY takes no parameters: psycopg binds them client-side, quoting each value.
+        inlined = psycopg.ClientCursor(self.raw).mogrify(query, self.bind(params))
+        statement = f"COPY ({inlined}) TO STDOUT (FORMAT {fmt})"
         with self.raw.cursor() as cur, cur.copy(statement) as copy:
             yield copy
 
