@@ -9,8 +9,10 @@ watermark, so nothing is copied twice and nothing is skipped.
 
 from __future__ import annotations
 
+import contextlib
+import queue
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -30,6 +32,16 @@ class BatchDone:
     chunk_done: bool
 
 
+@dataclass
+class _Planned:
+    """A batch whose range is settled and whose rows (for prefetching paths) are read."""
+
+    lo: Key | None
+    end: Key | None
+    final: bool
+    payload: Any
+
+
 def copy_chunk(
     src: Any,
     dst: Any,
@@ -43,6 +55,41 @@ def copy_chunk(
 ) -> bool:
     """Copy what remains of `chunk`. True when it is complete, False when asked to stop."""
     stream = table.stream.target
+    planned = _plan_batches(src, transfer, table, chunk, batch_size, stop)
+    if transfer.prefetch:
+        planned = _read_ahead(planned, stop)
+    for batch in planned:
+        if stop.is_set():
+            return False
+        try:
+            with dst.transaction():
+                rows = transfer.write(batch.payload) if batch.end is not None else 0
+                ledger.advance(dst, lease, stream, chunk.index, batch.end, rows, batch.final)
+        except LeaseLost:
+            raise
+        except Exception as exc:
+            raise CopyFailed(
+                f"Stream '{stream}', chunk {chunk.index}: the batch after cursor "
+                f"{_show(batch.lo)} up to {_show(batch.end)} could not be written: "
+                f"{_reason(exc)}",
+                hint="Every batch before it is committed; fix the cause and run again to "
+                "continue from there.",
+            ) from exc
+        on_batch(BatchDone(stream, chunk.index, rows, batch.end, batch.final))
+        if batch.final:
+            return True
+    return False
+
+
+def _plan_batches(
+    src: Any,
+    transfer: Transfer,
+    table: SourceTable,
+    chunk: ledger.ChunkRow,
+    batch_size: int,
+    stop: threading.Event,
+) -> Iterator[_Planned]:
+    """Successive batches of the chunk: each one's last key first, then its rows."""
     src_table = src.qualified(table.name, table.stream.schema_)
     where = table.stream.where
     watermark = chunk.resume_after
@@ -50,31 +97,61 @@ def copy_chunk(
         remaining = RangeFilter(lo=watermark, hi=chunk.hi, where=where)
         try:
             end, final = src.next_batch_end(src_table, table.cursor, remaining, batch_size)
+            payload = None
+            if end is not None:
+                payload = transfer.read(RangeFilter(lo=watermark, hi=end, where=where))
         except Exception as exc:
             raise CopyFailed(
-                f"Stream '{stream}', chunk {chunk.index}: reading the source after cursor "
-                f"{_show(watermark)} failed: {_reason(exc)}",
+                f"Stream '{table.stream.target}', chunk {chunk.index}: reading the source "
+                f"after cursor {_show(watermark)} failed: {_reason(exc)}",
                 hint="Every batch before it is committed; run again to continue from there.",
             ) from exc
-        batch = RangeFilter(lo=watermark, hi=end, where=where)
-        try:
-            with dst.transaction():
-                rows = transfer.write_batch(batch) if end is not None else 0
-                ledger.advance(dst, lease, stream, chunk.index, end, rows, final)
-        except LeaseLost:
-            raise
-        except Exception as exc:
-            raise CopyFailed(
-                f"Stream '{stream}', chunk {chunk.index}: the batch after cursor "
-                f"{_show(watermark)} up to {_show(end)} could not be written: "
-                f"{_reason(exc)}",
-                hint="Every batch before it is committed; fix the cause and run again to "
-                "continue from there.",
-            ) from exc
-        on_batch(BatchDone(stream, chunk.index, rows, end, final))
+        yield _Planned(watermark, end, final, payload)
         if final:
-            return True
+            return
         watermark = end
+
+
+def _read_ahead(batches: Iterator[_Planned], stop: threading.Event) -> Iterator[_Planned]:
+    """Read batch k+1 from the source while batch k is written and committed.
+
+    One batch waits at most, so memory stays bounded by two batches. A reader error
+    surfaces in the writer at the point where that batch would have been written.
+    """
+    handoff: queue.Queue[_Planned | BaseException | None] = queue.Queue(maxsize=1)
+    finished = threading.Event()
+
+    def reader() -> None:
+        try:
+            for batch in batches:
+                if not _offer(handoff, batch, finished):
+                    return
+            _offer(handoff, None, finished)
+        except BaseException as exc:
+            _offer(handoff, exc, finished)
+
+    thread = threading.Thread(target=reader, name="milepost-read-ahead", daemon=True)
+    thread.start()
+    try:
+        while (item := handoff.get()) is not None:
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        finished.set()
+        with contextlib.suppress(queue.Empty):
+            handoff.get_nowait()  # unblock a reader waiting to hand over
+        thread.join()
+
+
+def _offer(handoff: queue.Queue[Any], item: Any, finished: threading.Event) -> bool:
+    """Hand `item` to the writer; False when the writer has stopped taking batches."""
+    while not finished.is_set():
+        try:
+            handoff.put(item, timeout=0.1)
+            return True
+        except queue.Full:
+            continue
     return False
 
 

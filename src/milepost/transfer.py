@@ -29,13 +29,26 @@ COALESCE_BYTES = 256 * 1024
 
 
 class Transfer(Protocol):
-    name: str
+    """Moves one batch in two halves, so the copier can overlap them.
 
-    def write_batch(self, rng: RangeFilter) -> int: ...
+    `read` runs on the source side and returns what `write` needs; `write` runs inside
+    the destination transaction and returns the rows accepted. Paths that stream from
+    the source while writing (`prefetch = False`) read nothing ahead: their `read`
+    returns the range and `write` does all the work.
+    """
+
+    name: str
+    prefetch: bool
+
+    def read(self, rng: RangeFilter) -> Any: ...
+
+    def write(self, payload: Any) -> int: ...
 
 
 @dataclass
 class _Path:
+    prefetch = True
+
     src: Any
     dst: Any
     table: SourceTable
@@ -67,7 +80,12 @@ class PostgresCopyPassthrough(_Path):
         self.fmt = "binary" if binary else "text"
         self.name = f"pg-copy-{self.fmt}"
 
-    def write_batch(self, rng: RangeFilter) -> int:
+    prefetch = False
+
+    def read(self, rng: RangeFilter) -> RangeFilter:
+        return rng
+
+    def write(self, rng: RangeFilter) -> int:
         query, params = self.select(rng)
         with (
             self.src.copy_out(query, params, self.fmt) as out,
@@ -95,7 +113,12 @@ class SqliteAttachedInsert(_Path):
         # ATTACH is refused inside a transaction, so it happens before the first batch.
         self.alias = self.dst.attach_source(self.src.path)
 
-    def write_batch(self, rng: RangeFilter) -> int:
+    prefetch = False
+
+    def read(self, rng: RangeFilter) -> RangeFilter:
+        return rng
+
+    def write(self, rng: RangeFilter) -> int:
         source = f"{self.alias}.{self.src_table}"
         query, params = self.select(rng, src_table=source)
         cols = ", ".join(self.dst.quote(c) for c in self.columns)
@@ -111,9 +134,11 @@ class MysqlLinesToCopy(_Path):
         parts = [_copy_text_field(self.src.quote(c), self.table.logical[c]) for c in self.columns]
         self.select_list = f"CONVERT(CONCAT_WS('\\t', {', '.join(parts)}) USING utf8mb4)"
 
-    def write_batch(self, rng: RangeFilter) -> int:
+    def read(self, rng: RangeFilter) -> list[Any]:
         query, params = self.select(rng, self.select_list)
-        rows = self.src.fetch_rows(query, params)
+        return self.src.fetch_rows(query, params)
+
+    def write(self, rows: list[Any]) -> int:
         if not rows:
             return 0
         with self.dst.copy_in(self.dst_table, self.columns, "text") as into:
@@ -141,9 +166,11 @@ class RowsToCopy(_Path):
 
     name = "rows-copy"
 
-    def write_batch(self, rng: RangeFilter) -> int:
+    def read(self, rng: RangeFilter) -> list[Any]:
         query, params = self.select(rng)
-        rows = self.src.fetch_rows(query, params)
+        return self.src.fetch_rows(query, params)
+
+    def write(self, rows: list[Any]) -> int:
         if not rows:
             return 0
         with self.dst.copy_in(self.dst_table, self.columns, "text") as into:
@@ -168,13 +195,16 @@ class RowsToInsert(_Path):
             if pair == ("sqlite", "mysql") and k and k.kind == "timestamptz"
         ]
 
-    def write_batch(self, rng: RangeFilter) -> int:
+    def read(self, rng: RangeFilter) -> list[Any]:
         query, params = self.select(rng)
         rows = self.src.fetch_rows(query, params)
-        if not rows:
-            return 0
         if self.zoned:
             rows = [_parse_zoned(row, self.zoned) for row in rows]
+        return rows
+
+    def write(self, rows: list[Any]) -> int:
+        if not rows:
+            return 0
         return int(self.dst.insert_rows(self.dst_table, self.columns, rows))
 
 
