@@ -144,7 +144,8 @@ class RangeFilter:
                 parts.append(f"({clause})")
                 params.extend(values)
         if self.where:
-            # Drivers with %s placeholders read a lone % as one; the user's SQL means a %.
+            # Drivers with %s placeholders read a lone % as one; the user's SQL means a %
+            # (the same rule as ConnectionBase.verbatim, which needs a connection).
             where = self.where.replace("%", "%%") if keyset.placeholder == "%s" else self.where
             parts.append(f"({where})")
         return (" AND ".join(parts) or "1=1"), params

@@ -166,7 +166,10 @@ def read_streams(conn: Any, pipeline: str) -> list[tuple[str, int, int | None, s
 
 def _process_started(pid: int) -> float | None:
     try:
-        return psutil.Process(pid).create_time()
+        process = psutil.Process(pid)
+        if process.status() == psutil.STATUS_ZOMBIE:
+            return None  # killed, only not reaped yet by its parent: it holds nothing
+        return process.create_time()
     except (psutil.NoSuchProcess, psutil.AccessDenied):
         return None
 
@@ -366,15 +369,18 @@ def advance(
     """Move a chunk's watermark; call inside the transaction that wrote the batch.
 
     The update matches only while our lease token is the run's, so a runner whose
-    lease was taken over fails here and its batch rolls back with it.
+    lease was taken over fails here and its batch rolls back with it. The run row is
+    share-locked until the batch commits, so a takeover (which updates that row) waits for
+    batches in flight instead of letting them commit behind its back.
     """
+    lock = {"postgresql": " FOR SHARE", "mysql": " LOCK IN SHARE MODE"}.get(conn.family, "")
     n = conn.execute(
         _sql(
             conn,
             "UPDATE _milepost_chunks SET watermark = COALESCE(%s, watermark), "
             "rows_written = rows_written + %s, batches = batches + 1, status = %s, updated_at = %s "
             "WHERE pipeline = %s AND stream = %s AND chunk = %s AND EXISTS (SELECT 1 FROM "
-            "_milepost_runs WHERE pipeline = %s AND lease_token = %s)",
+            f"_milepost_runs WHERE pipeline = %s AND lease_token = %s{lock})",
         ),
         [
             encode_key(watermark),

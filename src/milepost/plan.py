@@ -61,7 +61,7 @@ def plan_chunks(
     if wanted <= 1:
         return [ChunkPlan(0, None, None)]
     col = conn.quote(src.cursor[0])
-    where = f" WHERE {src.stream.where}" if src.stream.where else ""
+    where = f" WHERE {conn.verbatim(src.stream.where)}" if src.stream.where else ""
     lo, hi = conn.query(f"SELECT min({col}), max({col}) FROM {table_sql}{where}")[0]
     if not isinstance(lo, int) or not isinstance(hi, int) or isinstance(lo, bool):
         return [ChunkPlan(0, None, None)]

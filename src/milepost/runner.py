@@ -39,6 +39,7 @@ class Runner:
         self.emit = on_event
         self.stop = threading.Event()
         self._errors: list[BaseException] = []
+        self._wrote = False
         self._lock = threading.Lock()
         self._rows_done: dict[str, int] = {}
         self._rows_total: dict[str, int | None] = {}
@@ -51,6 +52,7 @@ class Runner:
 
     def run(self) -> RunResult:
         p = self.pipeline
+        new_file = connectors.new_sqlite_file(p.destination_url())
         src = connectors.connect(p.source_url(), "source")
         dst = None
         try:
@@ -60,6 +62,9 @@ class Runner:
             src.close()
             if dst is not None:
                 dst.close()
+            if new_file is not None and not self._wrote:
+                # Refused before writing: leave no empty database file behind either.
+                connectors.remove_sqlite_file(new_file)
 
     def _run(self, src: Any, dst: Any) -> RunResult:
         p = self.pipeline
@@ -69,6 +74,7 @@ class Runner:
         recorded = ledger.read_run(dst, p.name) if ledger.tables_exist(dst) else None
         self._preflight(recovery.decide(recorded, fingerprint, fresh=self.fresh), plans)
 
+        self._wrote = True
         ledger.ensure_tables(dst)
         lease, before, takeover = ledger.acquire(dst, p.name, fingerprint)
         heartbeat = _Heartbeat(p, lease, self)

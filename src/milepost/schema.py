@@ -7,6 +7,7 @@ raise errors that name the stream, table and column; `create_tables` and
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -62,16 +63,23 @@ def inspect_source(conn: Any, stream: StreamConfig) -> SourceTable:
             f"{conn.url.masked}.",
             hint="Check the spelling and the schema; names are case-sensitive when quoted.",
         )
-    cols = insp.get_columns(stream.table, schema=stream.schema_)
+    with warnings.catch_warnings():
+        # A type SQLAlchemy does not know reflects as NullType; it is refused by name below.
+        warnings.simplefilter("ignore", sa.exc.SAWarning)
+        cols = _unescaped(conn, insp.get_columns(stream.table, schema=stream.schema_))
     declared = {}
     if conn.family == "sqlite":
         declared = {
             r[1]: r[2] for r in conn.query(f"PRAGMA table_info({conn.quote(stream.table)})")
         }
     names = [c["name"] for c in cols]
-    pk = list(
-        insp.get_pk_constraint(stream.table, schema=stream.schema_).get("constrained_columns") or []
-    )
+    pk = [
+        _unescaped(conn, c)
+        for c in insp.get_pk_constraint(stream.table, schema=stream.schema_).get(
+            "constrained_columns"
+        )
+        or []
+    ]
     cursor = list(stream.cursor or pk)
     if not cursor:
         raise ConfigError(
@@ -86,7 +94,8 @@ def inspect_source(conn: Any, stream: StreamConfig) -> SourceTable:
                 f"source table '{label}' (its columns: {', '.join(names)})."
             )
     uniques = [pk] + [
-        u["column_names"] for u in insp.get_unique_constraints(stream.table, schema=stream.schema_)
+        [_unescaped(conn, c) for c in u["column_names"]]
+        for u in insp.get_unique_constraints(stream.table, schema=stream.schema_)
     ]
     if not any(u and set(u) <= set(cursor) for u in uniques):
         # Keyset pagination needs a unique order; the primary key breaks ties.
@@ -118,7 +127,7 @@ def _check_where(conn: Any, stream: StreamConfig, label: str) -> None:
     """Let the source parse the filter now, so a typo fails before anything is written."""
     table = conn.qualified(stream.table, stream.schema_)
     try:
-        conn.query(f"SELECT 1 FROM {table} WHERE ({stream.where}) LIMIT 0")
+        conn.query(f"SELECT 1 FROM {table} WHERE ({conn.verbatim(stream.where)}) LIMIT 0")
     except Exception as exc:
         reason = " ".join(str(exc).split())[:300]
         raise ConfigError(
@@ -126,6 +135,16 @@ def _check_where(conn: Any, stream: StreamConfig, label: str) -> None:
             f"'{label}': {reason}",
             hint="Write the condition in the source database's own SQL dialect.",
         ) from None
+
+
+def _unescaped(conn: Any, reflected: Any) -> Any:
+    """SQLAlchemy's MySQL reflection leaves a backtick in a name doubled, as SHOW CREATE
+    TABLE prints it; undo that for a column name or a list of get_columns() entries."""
+    if conn.family != "mysql":
+        return reflected
+    if isinstance(reflected, str):
+        return reflected.replace("``", "`")
+    return [{**c, "name": c["name"].replace("``", "`")} for c in reflected]
 
 
 def inspect_destination(
@@ -186,7 +205,7 @@ def _column_type(
         exact = source_conn.query(
             "SELECT format_type(atttypid, atttypmod) FROM pg_attribute "
             "WHERE attrelid = to_regclass(%s) AND attname = %s",
-            [source_conn.qualified(src.name, src.stream.schema_), name],
+            [source_conn.name_value(source_conn.qualified(src.name, src.stream.schema_)), name],
         )
         return Declared(exact[0][0])
     if same and not isinstance(reflected, sa.types.NullType):
@@ -217,7 +236,7 @@ def _foreign_keys(src: SourceTable, targets: dict[str, str]) -> list[sa.ForeignK
 
 
 def _check_fit(src: SourceTable, dest_conn: Any, insp: Any, target: str) -> None:
-    dest_cols = {c["name"]: c for c in insp.get_columns(target)}
+    dest_cols = {c["name"]: c for c in _unescaped(dest_conn, insp.get_columns(target))}
     declared = {}
     if dest_conn.family == "sqlite":
         declared = {
@@ -232,13 +251,21 @@ def _check_fit(src: SourceTable, dest_conn: Any, insp: Any, target: str) -> None
             )
         have = classify(dest_cols[name]["type"], declared.get(name) if declared else None)
         need = src.logical[name]
-        if need is not None and (have is None or not holds(have, need)):
+        if need is not None and (have is None or not _fits(have, need, dest_conn.family)):
             raise SchemaError(
                 f"Stream '{src.stream.target}': column '{name}' of the existing destination "
                 f"table '{target}' is {have or dest_cols[name]['type']}, which cannot hold the "
                 f"source's {need}.",
                 hint="Widen the destination column, or drop the table and let milepost create it.",
             )
+
+
+def _fits(have: Logical, need: Logical, family: str) -> bool:
+    """Wide enough, or just what milepost creates for `need`: MySQL keeps a zoned timestamp
+    in DATETIME(6) and an unbounded decimal in DECIMAL(65,30), by convention."""
+    made = destination_type(need, family)
+    own = classify(made, made.spec if isinstance(made, Declared) else None)
+    return holds(have, need) or have == own
 
 
 def create_tables(dest_conn: Any, plans: list[DestinationPlan]) -> list[str]:

@@ -11,6 +11,8 @@ from milepost.config import Pipeline
 
 def pipeline_status(pipeline: Pipeline) -> dict[str, Any]:
     """Read the ledger in the destination; never takes the lease, never writes."""
+    if connectors.new_sqlite_file(pipeline.destination_url()) is not None:
+        return {"pipeline": pipeline.name, "status": "never run", "streams": []}
     dst = connectors.connect(pipeline.destination_url(), "destination")
     try:
         if not ledger.tables_exist(dst):

@@ -92,7 +92,8 @@ def classify(col_type: sa.TypeEngine, declared: str | None = None) -> Logical | 
     if isinstance(t, sa.Date):
         return Logical("date")
     if isinstance(t, sa.Time):
-        return Logical("time")
+        # A zoned time of day (PostgreSQL timetz) has no faithful kind: its offset would go.
+        return None if t.timezone else Logical("time")
     return None
 
 

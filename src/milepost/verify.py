@@ -83,7 +83,7 @@ def row_hash(row: Sequence[Any]) -> int:
 def table_sum(conn: Any, table: str, columns: Sequence[str], where: str | None = None) -> TableSum:
     """Count and checksum `columns` of `table`, streamed in bounded memory, in any order."""
     cols = ", ".join(conn.quote(c) for c in columns)
-    query = f"SELECT {cols} FROM {table}" + (f" WHERE {where}" if where else "")
+    query = f"SELECT {cols} FROM {table}" + (f" WHERE {conn.verbatim(where)}" if where else "")
     rows, total = 0, 0
     for row in conn.stream_rows(query):
         total = (total + row_hash(row)) & _MASK

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+from pathlib import Path
 from typing import Any
 
 from milepost.errors import ConnectorError
@@ -27,3 +28,16 @@ def connect(url: DatabaseUrl, role: str) -> Any:
             hint=f"Install it with: pip install 'milepost[{extra}]'.",
         ) from None
     return module.connect(url, role)
+
+
+def new_sqlite_file(url: DatabaseUrl) -> Path | None:
+    """The SQLite file that opening `url` would create, or None if it exists (or isn't SQLite)."""
+    if url.family != "sqlite":
+        return None
+    path = Path(url.url.database or "")
+    return None if path.exists() else path
+
+
+def remove_sqlite_file(path: Path) -> None:
+    for suffix in ("", "-wal", "-shm", "-journal"):
+        Path(f"{path}{suffix}").unlink(missing_ok=True)

@@ -68,9 +68,18 @@ class ConnectionBase:
         return KeysetSql(tuple(self.quote(c) for c in cursor), self.placeholder, self.row_values)
 
     def bind(self, params: Sequence[Any]) -> Any:
-        """Parameters as the driver wants them; None when there are none, so that a
-        literal % in the SQL is not taken for a placeholder."""
-        return tuple(params) if params else None
+        """Always bind, even nothing: with %s-style drivers every statement we build is
+        then read the same way, so a % in a quoted name, doubled by SQLAlchemy's
+        quoting, and a % in a user's SQL, doubled by `verbatim`, both arrive as one %."""
+        return tuple(params)
+
+    def verbatim(self, fragment: str) -> str:
+        """A user's SQL (a `where:`), escaped to mean exactly what they wrote."""
+        return fragment.replace("%", "%%") if self.placeholder == "%s" else fragment
+
+    def name_value(self, quoted: str) -> str:
+        """A quoted name passed as a value (e.g. to to_regclass), not as SQL text."""
+        return quoted.replace("%%", "%") if self.placeholder == "%s" else quoted
 
     def execute(self, sql: str, params: Sequence[Any] = ()) -> int:
         cur = self.raw.cursor()

@@ -31,7 +31,8 @@ class PostgresConnection(ConnectionBase):
     def estimate_rows(self, table: str, schema: str | None) -> int | None:
         name = f"{self.quote(schema)}.{self.quote(table)}" if schema else self.quote(table)
         rows = self.query(
-            "SELECT reltuples::bigint FROM pg_class WHERE oid = to_regclass(%s)", [name]
+            "SELECT reltuples::bigint FROM pg_class WHERE oid = to_regclass(%s)",
+            [self.name_value(name)],
         )
         if rows and rows[0][0] is not None and rows[0][0] >= 0:
             return int(rows[0][0])
@@ -41,7 +42,7 @@ class PostgresConnection(ConnectionBase):
     def copy_out(self, query: str, params: Sequence[Any], fmt: str) -> Iterator[Any]:
         """Stream a query's result in the engine's own COPY format, untouched."""
         # COPY takes no parameters: psycopg binds them client-side, quoting each value.
-        inlined = psycopg.ClientCursor(self.raw).mogrify(query, self.bind(params))
+        inlined = self._client_side(query, params)
         statement = f"COPY ({inlined}) TO STDOUT (FORMAT {fmt})"
         with self.raw.cursor() as cur, cur.copy(statement) as copy:
             yield copy
@@ -50,7 +51,8 @@ class PostgresConnection(ConnectionBase):
     def copy_in(self, table: str, columns: Sequence[str], fmt: str) -> Iterator[Any]:
         cols = ", ".join(self.quote(c) for c in columns)
         with self.raw.cursor() as cur:
-            with cur.copy(f"COPY {table} ({cols}) FROM STDIN (FORMAT {fmt})") as copy:
+            statement = self._client_side(f"COPY {table} ({cols}) FROM STDIN (FORMAT {fmt})")
+            with cur.copy(statement) as copy:
                 yield copy
             self.last_copy_rows = cur.rowcount
 
@@ -63,12 +65,17 @@ class PostgresConnection(ConnectionBase):
             cur.execute(sql, tuple(params))
             yield from cur
 
+    def _client_side(self, query: str, params: Sequence[Any] = ()) -> str:
+        """The statement with its parameters inlined and quoted by psycopg, as the
+        server will read it (COPY takes no server-side parameters)."""
+        return psycopg.ClientCursor(self.raw).mogrify(query, self.bind(params))
+
     def column_types(self, table: str) -> list[str]:
         """Exact type names, to decide whether binary COPY can pass through unchanged."""
         rows = self.query(
             "SELECT attname, format_type(atttypid, atttypmod) FROM pg_attribute "
             "WHERE attrelid = to_regclass(%s) AND attnum > 0 AND NOT attisdropped ORDER BY attnum",
-            [table],
+            [self.name_value(table)],
         )
         return [f"{name}:{typ}" for name, typ in rows]
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import datetime as dt
 import sqlite3
 import uuid
-from collections.abc import Sequence
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -50,9 +49,6 @@ class SqliteConnection(ConnectionBase):
                 creator=lambda: sqlite3.connect(uri, uri=self.role == "source"),
             )
         return self._engine
-
-    def bind(self, params: Sequence[Any]) -> Any:
-        return tuple(params)
 
     def _begin(self) -> None:
         self.raw.execute("BEGIN IMMEDIATE")
