@@ -122,8 +122,8 @@ class Runner:
         except Paused:
             status = "paused"
             raise
-        except MilepostError as exc:
-            message = str(exc)
+        except BaseException as exc:
+            message = str(exc) or type(exc).__name__
             raise
         finally:
             heartbeat.finish()
@@ -139,6 +139,14 @@ class Runner:
                 hint="Run with --fresh to empty the destination tables and start over, or "
                 "restore the pipeline file it was started with.",
             )
+        if decision.action == "resume" and decision.phase in ("copy", "finalize"):
+            for plan in plans:
+                if not plan.exists:
+                    raise ResumeRefused(
+                        f"Stream '{plan.source.stream.target}': the destination table "
+                        f"'{plan.table.name}' that this run was copying into no longer exists.",
+                        hint="Run with --fresh to create it again and start over.",
+                    )
         if decision.action == "fresh" and not self.fresh:
             for plan in plans:
                 if plan.rows_present:
