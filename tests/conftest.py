@@ -25,6 +25,20 @@ MYSQL_URL = os.environ.get("MILEPOST_TEST_MYSQL_URL", "mysql://root@127.0.0.1:33
 IN_CI = os.environ.get("CI", "").lower() == "true"
 
 
+def mysql_connection(url: str, *, autocommit: bool = True) -> pymysql.Connection:
+    """A PyMySQL connection to the database a mysql:// URL names."""
+    u = make_url(url)
+    return pymysql.connect(
+        host=u.host,
+        port=u.port or 3306,
+        user=u.username,
+        password=u.password or "",
+        database=u.database,
+        charset="utf8mb4",
+        autocommit=autocommit,
+    )
+
+
 @dataclass(frozen=True)
 class Database:
     """A throwaway database on one engine: its URL and a way to run SQL in it."""
@@ -40,16 +54,7 @@ class Database:
                 cur = conn.execute(statement, params or None)
                 return cur.fetchall() if cur.description else []
         if self.family == "mysql":
-            u = make_url(self.url)
-            conn = pymysql.connect(
-                host=u.host,
-                port=u.port or 3306,
-                user=u.username,
-                password=u.password or "",
-                database=u.database,
-                charset="utf8mb4",
-                autocommit=True,
-            )
+            conn = mysql_connection(self.url)
             try:
                 with conn.cursor() as cur:
                     cur.execute("SET time_zone = '+00:00'")

@@ -218,9 +218,12 @@ def acquire(conn: Any, pipeline: str, fingerprint: str) -> tuple[Lease, RunRow |
                     "race it.",
                 )
             if before.lease_token:
-                note = (
-                    f"took over the lease of {describe_holder(before, now)}, whose process is gone"
+                gone = (
+                    "whose process is gone"
+                    if before.owner_host == host
+                    else f"silent for longer than {LEASE_TTL_S:.0f}s"
                 )
+                note = f"took over the lease of {describe_holder(before, now)}, {gone}"
             conn.execute(
                 _sql(
                     conn,

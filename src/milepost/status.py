@@ -44,7 +44,7 @@ def pipeline_status(pipeline: Pipeline) -> dict[str, Any]:
             "pipeline": pipeline.name,
             "run_id": run.run_id,
             "phase": run.phase,
-            "status": "running" if alive else run.status,
+            "status": _status(run.status, alive),
             "lease": (
                 {
                     "host": run.owner_host,
@@ -62,3 +62,10 @@ def pipeline_status(pipeline: Pipeline) -> dict[str, Any]:
         }
     finally:
         dst.close()
+
+
+def _status(recorded: str, alive: bool) -> str:
+    """A run whose holder died mid-copy (kill -9, a crash) never recorded that it stopped."""
+    if alive:
+        return "running"
+    return "interrupted" if recorded == "running" else recorded
