@@ -58,27 +58,29 @@ def copy_chunk(
     planned = _plan_batches(src, transfer, table, chunk, batch_size, stop)
     if transfer.prefetch:
         planned = _read_ahead(planned, stop)
-    for batch in planned:
-        if stop.is_set():
-            return False
-        try:
-            with dst.transaction():
-                rows = transfer.write(batch.payload) if batch.end is not None else 0
-                ledger.advance(dst, lease, stream, chunk.index, batch.end, rows, batch.final)
-        except LeaseLost:
-            raise
-        except Exception as exc:
-            raise CopyFailed(
-                f"Stream '{stream}', chunk {chunk.index}: the batch after cursor "
-                f"{_show(batch.lo)} up to {_show(batch.end)} could not be written: "
-                f"{_reason(exc)}",
-                hint="Every batch before it is committed; fix the cause and run again to "
-                "continue from there.",
-            ) from exc
-        on_batch(BatchDone(stream, chunk.index, rows, batch.end, batch.final))
-        if batch.final:
-            return True
-    return False
+    # Closing stops the read-ahead thread at once, whether we finish, stop or fail.
+    with contextlib.closing(planned):
+        for batch in planned:
+            if stop.is_set():
+                return False
+            try:
+                with dst.transaction():
+                    rows = transfer.write(batch.payload) if batch.end is not None else 0
+                    ledger.advance(dst, lease, stream, chunk.index, batch.end, rows, batch.final)
+            except LeaseLost:
+                raise
+            except Exception as exc:
+                raise CopyFailed(
+                    f"Stream '{stream}', chunk {chunk.index}: the batch after cursor "
+                    f"{_show(batch.lo)} up to {_show(batch.end)} could not be written: "
+                    f"{_reason(exc)}",
+                    hint="Every batch before it is committed; fix the cause and run again to "
+                    "continue from there.",
+                ) from exc
+            on_batch(BatchDone(stream, chunk.index, rows, batch.end, batch.final))
+            if batch.final:
+                return True
+        return False
 
 
 def _plan_batches(

@@ -1,0 +1,42 @@
+"""A batch the destination rejects: named precisely, earlier batches kept, nothing left running."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+
+import milepost
+from conftest import Database
+from milepost.errors import CopyFailed
+
+
+def test_rejected_batch_names_its_range_keeps_earlier_batches_and_stops_reading_ahead(
+    lite: Database, pg: Database
+) -> None:
+    # SQLite stores 'abc' in an INTEGER column; PostgreSQL's bigint refuses it.
+    lite.script("""
+        CREATE TABLE readings (id INTEGER PRIMARY KEY, value INTEGER);
+        WITH RECURSIVE s(v) AS (SELECT 1 UNION ALL SELECT v + 1 FROM s WHERE v < 95)
+        INSERT INTO readings SELECT v, v * 10 FROM s;
+        UPDATE readings SET value = 'abc' WHERE id = 57
+    """)
+    pipeline = milepost.build_pipeline(
+        {
+            "name": "reject",
+            "source": {"url": lite.url},
+            "destination": {"url": pg.url},
+            "streams": [{"table": "readings"}],
+            "batch_size": 10,
+        }
+    )
+    with pytest.raises(CopyFailed) as failure:
+        milepost.run(pipeline)
+    message = str(failure.value)
+    assert "Stream 'readings'" in message and "after cursor (50) up to (60)" in message
+    assert pg.sql("SELECT min(id), max(id), count(*) FROM readings") == [(1, 50, 50)]
+    assert not [t for t in threading.enumerate() if t.name.startswith("milepost-")]
+
+    lite.sql("UPDATE readings SET value = 570 WHERE id = 57")
+    milepost.run(pipeline)
+    assert pg.sql("SELECT count(*), sum(value) FROM readings") == [(95, sum(range(10, 951, 10)))]
