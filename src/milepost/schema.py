@@ -7,6 +7,7 @@ raise errors that name the stream, table and column; `create_tables` and
 
 from __future__ import annotations
 
+import re
 import warnings
 from dataclasses import dataclass, field
 from typing import Any
@@ -119,8 +120,31 @@ def inspect_source(conn: Any, stream: StreamConfig) -> SourceTable:
         _check_where(conn, stream, label)
     types = {c["name"]: c["type"] for c in cols}
     logical = {n: classify(types[n], declared.get(n) if declared else None) for n in names}
+    for name in _mariadb_json_columns(conn, stream):
+        logical[name] = Logical("json")
     fks = insp.get_foreign_keys(stream.table, schema=stream.schema_)
     return SourceTable(stream, names, types, logical, declared, nullable, pk, cursor, fks)
+
+
+def _mariadb_json_columns(conn: Any, stream: StreamConfig) -> set[str]:
+    """MariaDB's JSON is LONGTEXT with a CHECK (json_valid(col)), so it reflects as text;
+    the check is what says the column holds JSON."""
+    if conn.family != "mysql":
+        return set()
+    try:
+        rows = conn.query(
+            "SELECT CHECK_CLAUSE FROM information_schema.CHECK_CONSTRAINTS "
+            "WHERE CONSTRAINT_SCHEMA = COALESCE(%s, DATABASE()) AND TABLE_NAME = %s",
+            [stream.schema_, stream.table],
+        )
+    except Exception:  # MySQL has no TABLE_NAME there, and a real JSON type instead
+        return set()
+    found = set()
+    for (clause,) in rows:
+        match = re.fullmatch(r"\s*json_valid\(`((?:[^`]|``)+)`\)\s*", clause or "")
+        if match:
+            found.add(match.group(1).replace("``", "`"))
+    return found
 
 
 def _check_where(conn: Any, stream: StreamConfig, label: str) -> None:
@@ -208,7 +232,8 @@ def _column_type(
             [source_conn.name_value(source_conn.qualified(src.name, src.stream.schema_)), name],
         )
         return Declared(exact[0][0])
-    if same and not isinstance(reflected, sa.types.NullType):
+    json_as_text = src.logical[name] == Logical("json") and not isinstance(reflected, sa.JSON)
+    if same and not isinstance(reflected, sa.types.NullType) and not json_as_text:
         return reflected
     logical = src.logical[name]
     if logical is None:
