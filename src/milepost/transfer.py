@@ -87,20 +87,9 @@ class PostgresCopyPassthrough(_Path):
 
     def write(self, rng: RangeFilter) -> int:
         query, params = self.select(rng)
-        with (
-            self.src.copy_out(query, params, self.fmt) as out,
-            self.dst.copy_in(self.dst_table, self.columns, self.fmt) as into,
-        ):
-            # The source sends one message per row; handing each to the destination
-            # separately costs more Python time than the rows themselves.
-            pending = bytearray()
-            for block in out:
-                pending += block
-                if len(pending) >= COALESCE_BYTES:
-                    into.write(pending)
-                    pending = bytearray()
-            if pending:
-                into.write(pending)
+        with self.dst.copy_in(self.dst_table, self.columns, self.fmt) as into:
+            for block in self.src.copy_out_blocks(query, params, self.fmt, COALESCE_BYTES):
+                into.write(block)
         return int(self.dst.last_copy_rows)
 
 
