@@ -117,43 +117,43 @@ def _plan_batches(
 def _read_ahead(batches: Iterator[_Planned], stop: threading.Event) -> Iterator[_Planned]:
     """Read batch k+1 from the source while batch k is written and committed.
 
-    One batch waits at most, so memory stays bounded by two batches. A reader error
-    surfaces in the writer at the point where that batch would have been written.
+    The reader starts a batch only once the writer has taken the previous one, so at
+    most two batches are in memory: the one being written and the one read ahead. A
+    reader error surfaces in the writer where that batch would have been written.
     """
     handoff: queue.Queue[_Planned | BaseException | None] = queue.Queue(maxsize=1)
+    taken = threading.Semaphore(1)  # free when the writer has taken the last hand-off
     finished = threading.Event()
 
     def reader() -> None:
         try:
-            for batch in batches:
-                if not _offer(handoff, batch, finished):
+            while _wait(taken, finished):
+                batch = next(batches, None)
+                handoff.put(batch)  # never blocks: the slot is free
+                if batch is None:
                     return
-            _offer(handoff, None, finished)
         except BaseException as exc:
-            _offer(handoff, exc, finished)
+            handoff.put(exc)
 
     thread = threading.Thread(target=reader, name="milepost-read-ahead", daemon=True)
     thread.start()
     try:
         while (item := handoff.get()) is not None:
+            taken.release()
             if isinstance(item, BaseException):
                 raise item
             yield item
     finally:
         finished.set()
-        with contextlib.suppress(queue.Empty):
-            handoff.get_nowait()  # unblock a reader waiting to hand over
+        taken.release()  # wake a reader waiting for the slot, so it sees `finished`
         thread.join()
 
 
-def _offer(handoff: queue.Queue[Any], item: Any, finished: threading.Event) -> bool:
-    """Hand `item` to the writer; False when the writer has stopped taking batches."""
+def _wait(taken: threading.Semaphore, finished: threading.Event) -> bool:
+    """Wait for the hand-off slot; False once the writer has stopped taking batches."""
     while not finished.is_set():
-        try:
-            handoff.put(item, timeout=0.1)
-            return True
-        except queue.Full:
-            continue
+        if taken.acquire(timeout=0.1):
+            return not finished.is_set()
     return False
 
 
