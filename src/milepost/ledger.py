@@ -12,6 +12,7 @@ runner that lost its lease cannot commit another batch (fencing).
 
 from __future__ import annotations
 
+import json
 import os
 import secrets
 import socket
@@ -343,8 +344,6 @@ def record_stream(
     transfer: str,
     chunks: list[tuple[int, Key | None, Key | None]],
 ) -> None:
-    import json
-
     conn.execute(
         _sql(
             conn,

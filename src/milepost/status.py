@@ -12,14 +12,14 @@ from milepost.config import Pipeline
 def pipeline_status(pipeline: Pipeline) -> dict[str, Any]:
     """Read the ledger in the destination; never takes the lease, never writes."""
     if connectors.new_sqlite_file(pipeline.destination_url()) is not None:
-        return {"pipeline": pipeline.name, "status": "never run", "streams": []}
+        return _never_run(pipeline)
     dst = connectors.connect(pipeline.destination_url(), "destination")
     try:
         if not ledger.tables_exist(dst):
-            return {"pipeline": pipeline.name, "status": "never run", "streams": []}
+            return _never_run(pipeline)
         run = ledger.read_run(dst, pipeline.name)
         if run is None:
-            return {"pipeline": pipeline.name, "status": "never run", "streams": []}
+            return _never_run(pipeline)
         now = time.time()
         chunks = ledger.read_chunks(dst, pipeline.name)
         streams = []
@@ -69,3 +69,7 @@ def _status(recorded: str, alive: bool) -> str:
     if alive:
         return "running"
     return "interrupted" if recorded == "running" else recorded
+
+
+def _never_run(pipeline: Pipeline) -> dict[str, Any]:
+    return {"pipeline": pipeline.name, "status": "never run", "streams": []}
