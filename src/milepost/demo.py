@@ -17,6 +17,7 @@ import sys
 from decimal import Decimal
 from pathlib import Path
 
+from rich import box
 from rich.console import Console
 from rich.table import Table
 
@@ -156,14 +157,13 @@ def compare(pipeline_file: Path, tables: list[str], console: Console) -> int:
     pipeline = load_pipeline(pipeline_file)
     src = connectors.connect(parse_database_url(pipeline.source.url, key="source"), "source")
     dst = connectors.connect(pipeline.destination_url(), "destination")
-    report = Table(
-        "table",
-        "source rows",
-        "destination rows",
-        "source checksum",
-        "destination checksum",
-        "equal",
-    )
+    report = Table(box=box.SIMPLE_HEAD, pad_edge=False)
+    report.add_column("table", min_width=11, no_wrap=True)
+    report.add_column("src rows")
+    report.add_column("dst rows")
+    for side in ("src", "dst"):
+        report.add_column(f"{side} checksum", min_width=16, no_wrap=True)
+    report.add_column("equal")
     equal = True
     try:
         for name in tables:
