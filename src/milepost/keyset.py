@@ -68,6 +68,12 @@ def _untag(v: Any) -> Any:
     return v
 
 
+def verbatim(fragment: str, placeholder: str) -> str:
+    """A user's SQL (a `where:`) escaped to mean exactly what they wrote: drivers with %s
+    placeholders read a lone % as the start of one."""
+    return fragment.replace("%", "%%") if placeholder == "%s" else fragment
+
+
 @dataclass(frozen=True)
 class KeysetSql:
     """Builds range predicates over a cursor for one SQL dialect.
@@ -144,8 +150,5 @@ class RangeFilter:
                 parts.append(f"({clause})")
                 params.extend(values)
         if self.where:
-            # Drivers with %s placeholders read a lone % as one; the user's SQL means a %
-            # (the same rule as ConnectionBase.verbatim, which needs a connection).
-            where = self.where.replace("%", "%%") if keyset.placeholder == "%s" else self.where
-            parts.append(f"({where})")
+            parts.append(f"({verbatim(self.where, keyset.placeholder)})")
         return (" AND ".join(parts) or "1=1"), params

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import importlib
 from pathlib import Path
-from typing import Any
 
+from milepost.connectors.base import Connection
 from milepost.errors import ConnectorError
 from milepost.urls import DatabaseUrl
 
@@ -17,7 +17,7 @@ _REGISTRY = {
 }
 
 
-def connect(url: DatabaseUrl, role: str) -> Any:
+def connect(url: DatabaseUrl, role: str) -> Connection:
     """Open a connection for `role` ('source' or 'destination')."""
     module_name, extra = _REGISTRY[url.family]
     try:

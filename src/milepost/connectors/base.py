@@ -15,7 +15,7 @@ from typing import Any, Protocol, runtime_checkable
 
 from sqlalchemy.engine import Engine
 
-from milepost.keyset import Key, KeysetSql, RangeFilter
+from milepost.keyset import Key, KeysetSql, RangeFilter, verbatim
 from milepost.urls import DatabaseUrl
 
 
@@ -32,11 +32,30 @@ class Connection(Protocol):
 
     def qualified(self, table: str, schema: str | None = None) -> str: ...
 
+    def verbatim(self, fragment: str) -> str: ...
+
     def execute(self, sql: str, params: Sequence[Any] = ()) -> int: ...
 
     def query(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]: ...
 
+    def fetch_rows(self, sql: str, params: Sequence[Any] = ()) -> list[Any]: ...
+
+    def stream_rows(self, sql: str, params: Sequence[Any] = (), size: int = 10_000) -> Any: ...
+
     def transaction(self) -> Any: ...
+
+    def next_batch_end(
+        self, table: str, cursor: Sequence[str], rng: RangeFilter, batch_size: int
+    ) -> tuple[Key | None, bool]: ...
+
+    def select_range(
+        self,
+        table: str,
+        columns: Sequence[str],
+        cursor: Sequence[str],
+        rng: RangeFilter,
+        select_list: str | None = None,
+    ) -> tuple[str, list[Any]]: ...
 
     def sqlalchemy_engine(self) -> Engine: ...
 
@@ -75,7 +94,7 @@ class ConnectionBase:
 
     def verbatim(self, fragment: str) -> str:
         """A user's SQL (a `where:`), escaped to mean exactly what they wrote."""
-        return fragment.replace("%", "%%") if self.placeholder == "%s" else fragment
+        return verbatim(fragment, self.placeholder)
 
     def name_value(self, quoted: str) -> str:
         """A quoted name passed as a value (e.g. to to_regclass), not as SQL text."""
