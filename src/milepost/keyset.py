@@ -96,10 +96,6 @@ class KeysetSql:
         """Rows at or before `key`."""
         return self._compare(key, "<=")
 
-    def before(self, key: Key) -> tuple[str, list[Any]]:
-        """Rows strictly before `key` (a chunk's exclusive upper end)."""
-        return self._compare(key, "<")
-
     def order(self, descending: bool = False) -> str:
         way = " DESC" if descending else ""
         return ", ".join(c + way for c in self.columns)
@@ -130,21 +126,20 @@ class KeysetSql:
 
 @dataclass(frozen=True)
 class RangeFilter:
-    """The rows of one batch or chunk: after `lo` (exclusive), up to `hi` or before `end`."""
+    """The rows of one batch or chunk: after `lo` (exclusive) and up to `hi` (inclusive).
+
+    A batch's `hi` is its last key, read from the index before the batch; a chunk's is
+    the boundary planned for it. None leaves that side open.
+    """
 
     lo: Key | None = None
-    hi: Key | None = None  # inclusive: a batch's last key, known before it is read
-    end: Key | None = None  # exclusive: the chunk's upper bound
+    hi: Key | None = None
     where: str | None = None
 
     def sql(self, keyset: KeysetSql) -> tuple[str, list[Any]]:
         parts: list[str] = []
         params: list[Any] = []
-        for key, build in (
-            (self.lo, keyset.after),
-            (self.hi, keyset.up_to),
-            (self.end, keyset.before),
-        ):
+        for key, build in ((self.lo, keyset.after), (self.hi, keyset.up_to)):
             if key is not None:
                 clause, values = build(key)
                 parts.append(f"({clause})")

@@ -110,7 +110,6 @@ def connect(url: DatabaseUrl, role: str) -> MysqlConnection:
             # Chunks of related tables load in parallel; constraints are checked when
             # they are added, not row by row during the copy.
             cur.execute("SET SESSION foreign_key_checks = 0")
-            cur.execute("SET SESSION unique_checks = 1")
     if role == "destination":
         raw.commit()
     return MysqlConnection(url, role, raw)
