@@ -18,6 +18,10 @@ import pymysql
 import pytest
 from sqlalchemy.engine import make_url
 
+# A private PostgreSQL a fault test may restart (tests/servers.py); the kill helpers are
+# imported from servers where needed.
+from servers import private_postgres  # noqa: F401
+
 POSTGRES_URL = os.environ.get(
     "MILEPOST_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres"
 )

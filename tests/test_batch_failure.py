@@ -1,4 +1,6 @@
-"""A batch the destination rejects: named precisely, earlier batches kept, nothing left running."""
+"""A row the destination refuses: named by its cursor, earlier batches kept, nothing left running.
+
+(`on_row_error: skip`, the other mode, is tested in test_bad_rows.py.)"""
 
 from __future__ import annotations
 
@@ -8,10 +10,10 @@ import pytest
 
 import milepost
 from conftest import Database
-from milepost.errors import CopyFailed
+from milepost.errors import RowRejected
 
 
-def test_rejected_batch_names_its_range_keeps_earlier_batches_and_stops_reading_ahead(
+def test_refused_row_is_named_earlier_batches_kept_and_reading_ahead_stops(
     lite: Database, pg: Database
 ) -> None:
     # SQLite stores 'abc' in an INTEGER column; PostgreSQL's bigint refuses it.
@@ -30,10 +32,11 @@ def test_rejected_batch_names_its_range_keeps_earlier_batches_and_stops_reading_
             "batch_size": 10,
         }
     )
-    with pytest.raises(CopyFailed) as failure:
+    with pytest.raises(RowRejected) as failure:
         milepost.run(pipeline)
     message = str(failure.value)
-    assert "Stream 'readings'" in message and "after cursor (50) up to (60)" in message
+    assert "Stream 'readings'" in message and "row with cursor (57)" in message
+    assert 'invalid input syntax for type bigint: "abc"' in message
     assert pg.sql("SELECT min(id), max(id), count(*) FROM readings") == [(1, 50, 50)]
     assert not [t for t in threading.enumerate() if t.name.startswith("milepost-")]
 
@@ -43,8 +46,9 @@ def test_rejected_batch_names_its_range_keeps_earlier_batches_and_stops_reading_
 
 
 def test_destination_refusing_mid_copy_stream_fails_cleanly_and_resumes(pg: Database) -> None:
-    """PostgreSQL to PostgreSQL streams COPY bytes; a refusal halfway through a batch must
-    leave the source connection unusable rather than half-read, and lose nothing."""
+    """PostgreSQL to PostgreSQL streams COPY bytes; a refusal halfway through a batch leaves
+    the source's COPY half-read, which must be read out so the same connection can find the
+    refused row, and nothing is lost."""
     pg.script("""
         CREATE TABLE src (id integer PRIMARY KEY, value integer NOT NULL);
         INSERT INTO src SELECT g, g * 10 FROM generate_series(1, 95) g;
@@ -60,7 +64,7 @@ def test_destination_refusing_mid_copy_stream_fails_cleanly_and_resumes(pg: Data
             "workers": 1,
         }
     )
-    with pytest.raises(CopyFailed, match=r"after cursor \(50\) up to \(60\).*dst_value_check"):
+    with pytest.raises(RowRejected, match=r"row with cursor \(57\).*dst_value_check"):
         milepost.run(pipeline)
     assert pg.sql("SELECT count(*), max(id) FROM dst") == [(50, 50)]
 

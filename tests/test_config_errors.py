@@ -339,6 +339,7 @@ def test_status_json_after_a_run(tmp_path: Path, items: Database, dest: Database
     assert isinstance(report["run_id"], str) and report["run_id"]
     assert report["lease"] is None
     assert report["rows_written"] == 3
+    assert report["rows_rejected"] == 0
     (stream,) = report["streams"]
     assert stream["stream"] == "items"
     assert stream["state"] == "done"
@@ -347,6 +348,7 @@ def test_status_json_after_a_run(tmp_path: Path, items: Database, dest: Database
     assert set(stream) == {
         "stream",
         "rows_written",
+        "rows_rejected",
         "rows_estimate",
         "chunks",
         "chunks_done",

@@ -24,6 +24,7 @@ from rich.table import Table
 
 from milepost.config import load_pipeline
 from milepost.errors import EXIT_FAILED, EXIT_PAUSED, MilepostError
+from milepost.pause import request_pause
 from milepost.progress import JsonLines, PlainLines, RichProgress, quiet
 from milepost.runner import Runner
 from milepost.status import pipeline_status
@@ -101,10 +102,10 @@ def run(
         style = "bar" if sys.stderr.isatty() else "plain"
     if style == "bar":
         with RichProgress(err) as bars:
-            _run_with_signals(Runner(p, fresh=fresh, on_event=bars))
+            _run_with_signals(Runner(p, fresh=fresh, on_event=bars, origin=str(pipeline)))
     else:
         listener = {"plain": PlainLines(err), "jsonl": JsonLines(), "none": quiet}[style]
-        _run_with_signals(Runner(p, fresh=fresh, on_event=listener))
+        _run_with_signals(Runner(p, fresh=fresh, on_event=listener, origin=str(pipeline)))
 
 
 def _run_with_signals(runner: Runner) -> None:
@@ -129,6 +130,25 @@ def _run_with_signals(runner: Runner) -> None:
 
 @app.command()
 @reported
+def pause(
+    pipeline: Path = PIPELINE,
+    wait: bool = typer.Option(True, help="Wait until the run has stopped."),
+    timeout: float = typer.Option(
+        600.0, min=0, help="Give up waiting after this many seconds (the request stands)."
+    ),
+) -> None:
+    """Ask the run of PIPELINE, on whatever machine, to stop after its batches in flight.
+
+    Exits 0 once it has stopped (or when nothing is running), 3 if it is still running
+    when the timeout passes.
+    """
+    outcome = request_pause(load_pipeline(pipeline), wait=wait, timeout_s=timeout)
+    out.print(outcome.text, markup=False)
+    raise typer.Exit(outcome.exit_code)
+
+
+@app.command()
+@reported
 def status(
     pipeline: Path = PIPELINE,
     as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
@@ -149,11 +169,28 @@ def status(
             f"heartbeat {lease['heartbeat_age_s']}s ago",
             markup=False,
         )
+    if report.get("pause_requested_s_ago") is not None:
+        out.print(
+            f"pause requested {report['pause_requested_s_ago']}s ago; stopping after the "
+            "batches in flight",
+            markup=False,
+        )
     if report.get("message"):
         out.print(f"last message: {report['message']}", markup=False)
+    if report.get("rows_rejected"):
+        out.print(
+            f"{report['rows_rejected']:,} refused row(s) set aside in _milepost_rejected_rows",
+            markup=False,
+        )
     if report["streams"]:
         table = Table(
-            "stream", "state", "rows written", "rows (estimate)", "chunks done", "transfer"
+            "stream",
+            "state",
+            "rows written",
+            "rows (estimate)",
+            "set aside",
+            "chunks done",
+            "transfer",
         )
         for s in report["streams"]:
             table.add_row(
@@ -161,6 +198,7 @@ def status(
                 s["state"],
                 f"{s['rows_written']:,}",
                 f"{s['rows_estimate']:,}" if s["rows_estimate"] is not None else "?",
+                f"{s['rows_rejected']:,}",
                 f"{s['chunks_done']}/{s['chunks']}",
                 s["transfer"] or "",
             )

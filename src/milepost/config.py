@@ -12,8 +12,9 @@ import json
 import os
 import string
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
+import httpx
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
 
@@ -24,14 +25,14 @@ from milepost.urls import DatabaseUrl, parse_database_url
 # is kinder than "unknown key", and refusing them is safer than ignoring them.
 _NOT_YET = {
     "checkpoints": "checkpoints",
-    "retry": "retry with backoff",
-    "on_row_error": "setting bad rows aside",
     "query": "query streams",
     "mode": "incremental mode",
     "write": "write modes",
     "verify": "the verify phase settings",
-    "alert_webhook": "alert webhooks",
 }
+
+# Values never echoed back in an error: they may be, or contain, credentials.
+_SECRET_KEYS = {"password", "alert_webhook"}
 
 
 class _Strict(BaseModel):
@@ -78,6 +79,18 @@ class StreamConfig(_Strict):
         return self.name or self.table
 
 
+class RetrySettings(_Strict):
+    """Backoff for transient errors: a dropped connection, a server restart, a deadlock.
+
+    Attempts count failures in a row without progress: a batch that commits between
+    two failures starts the count again, so a long run survives many separate outages.
+    """
+
+    max_attempts: int = Field(default=8, ge=1, le=1000)
+    initial_delay_s: float = Field(default=0.5, gt=0, le=3600)
+    max_delay_s: float = Field(default=60.0, gt=0, le=86_400)
+
+
 class Pipeline(_Strict):
     """A whole migration: the model behind the YAML file and the Python API."""
 
@@ -90,6 +103,23 @@ class Pipeline(_Strict):
     # (see bench/results/copy.md); 1 halves the load on the source.
     workers: int = Field(default=2, ge=1, le=64)
     strict: bool = False
+    retry: RetrySettings = RetrySettings()
+    # fail: stop at the first row the destination refuses; skip: set it aside and go on.
+    on_row_error: Literal["fail", "skip"] = "fail"
+    # POSTed a JSON alert when a run gives up retrying; may carry a token, so never shown.
+    alert_webhook: SecretStr | None = None
+
+    @field_validator("alert_webhook")
+    @classmethod
+    def _webhook_is_http(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None:
+            try:
+                url = httpx.URL(value.get_secret_value())
+            except httpx.InvalidURL:
+                url = None
+            if url is None or url.scheme not in ("http", "https") or not url.host:
+                raise ValueError("expected an http:// or https:// URL")
+        return value
 
     @field_validator("streams")
     @classmethod
@@ -137,6 +167,8 @@ class Pipeline(_Strict):
             data["source"]["password"] = self.source.password.get_secret_value()
         if self.destination.password:
             data["destination"]["password"] = self.destination.password.get_secret_value()
+        if self.alert_webhook:
+            data["alert_webhook"] = self.alert_webhook.get_secret_value()
         return build_pipeline(data, origin="the command line")
 
 
@@ -188,7 +220,8 @@ def _describe(exc: ValidationError) -> str:
             parts.append(f"missing key '{where}'")
         else:
             shown = err.get("input")
-            got = "" if isinstance(shown, dict | list) else f" (got {shown!r})"
+            secret = any(str(part) in _SECRET_KEYS for part in err["loc"])
+            got = "" if secret or isinstance(shown, dict | list) else f" (got {shown!r})"
             msg = err["msg"].removeprefix("Value error, ")
             parts.append(f"'{where}': {msg}{got}")
     more = len(exc.errors()) - 5

@@ -16,9 +16,11 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from milepost import ledger
-from milepost.errors import CopyFailed, LeaseLost
-from milepost.keyset import Key, RangeFilter
+from milepost import connectors, ledger
+from milepost.crash import crash_point
+from milepost.errors import CopyFailed, LeaseLost, RowRejected
+from milepost.keyset import Key, RangeFilter, encode_key
+from milepost.rejects import Refused, write_around_refused
 from milepost.schema import SourceTable
 from milepost.transfer import Transfer
 
@@ -30,6 +32,7 @@ class BatchDone:
     rows: int
     watermark: Key | None
     chunk_done: bool
+    rejected: int = 0
 
 
 @dataclass
@@ -52,10 +55,41 @@ def copy_chunk(
     batch_size: int,
     stop: threading.Event,
     on_batch: Callable[[BatchDone], None],
+    on_row_error: str = "fail",
 ) -> bool:
     """Copy what remains of `chunk`. True when it is complete, False when asked to stop."""
+    start = chunk.resume_after
+    while True:
+        outcome = _copy_batches(
+            src, dst, transfer, lease, table, chunk, start, batch_size, stop, on_batch
+        )
+        if isinstance(outcome, bool):
+            return outcome
+        # A row was refused. The read-ahead has stopped, so the source connection is
+        # free to look for it; the batches after it are planned afresh.
+        done = _write_refused_batch(src, dst, transfer, lease, table, chunk, outcome, on_row_error)
+        on_batch(done)
+        if outcome.final:
+            return True
+        start = outcome.end
+
+
+def _copy_batches(
+    src: Any,
+    dst: Any,
+    transfer: Transfer,
+    lease: ledger.Lease,
+    table: SourceTable,
+    chunk: ledger.ChunkRow,
+    start: Key | None,
+    batch_size: int,
+    stop: threading.Event,
+    on_batch: Callable[[BatchDone], None],
+) -> bool | _Planned:
+    """The fast path: True when the chunk is done, False when stopped, or the batch that
+    the destination refused a row of (rolled back, to be written row-aware)."""
     stream = table.stream.target
-    planned = _plan_batches(src, transfer, table, chunk, batch_size, stop)
+    planned = _plan_batches(src, transfer, table, chunk, start, batch_size, stop)
     if transfer.prefetch:
         planned = _read_ahead(planned, stop)
     # Closing stops the read-ahead thread at once, whether we finish, stop or fail.
@@ -66,10 +100,13 @@ def copy_chunk(
             try:
                 with dst.transaction():
                     rows = transfer.write(batch.payload) if batch.end is not None else 0
+                    crash_point("copy.before_commit")
                     ledger.advance(dst, lease, stream, chunk.index, batch.end, rows, batch.final)
             except LeaseLost:
                 raise
             except Exception as exc:
+                if connectors.rejection(exc) is not None:
+                    return batch
                 raise CopyFailed(
                     f"Stream '{stream}', chunk {chunk.index}: the batch after cursor "
                     f"{_show(batch.lo)} up to {_show(batch.end)} could not be written: "
@@ -77,10 +114,63 @@ def copy_chunk(
                     hint="Every batch before it is committed; fix the cause and run again to "
                     "continue from there.",
                 ) from exc
+            crash_point("copy.after_commit")
             on_batch(BatchDone(stream, chunk.index, rows, batch.end, batch.final))
             if batch.final:
                 return True
         return False
+
+
+def _write_refused_batch(
+    src: Any,
+    dst: Any,
+    transfer: Transfer,
+    lease: ledger.Lease,
+    table: SourceTable,
+    chunk: ledger.ChunkRow,
+    batch: _Planned,
+    on_row_error: str,
+) -> BatchDone:
+    """Write the batch around its refused rows: set them aside (`skip`) or name the first
+    one (`fail`). The rows, the set-aside rows and the watermark commit together."""
+    stream = table.stream.target
+    refused: list[Refused] = []
+
+    def on_refused(row: Refused) -> None:
+        if on_row_error != "skip":
+            raise RowRejected(
+                f"Stream '{stream}', chunk {chunk.index}: the destination refused the row "
+                f"with cursor {_show(row.key)}: {row.reason}",
+                hint="Every batch before it is committed. Fix the value or the destination "
+                "table and run again, or set `on_row_error: skip` to set such rows aside in "
+                "_milepost_rejected_rows and carry on.",
+            )
+        refused.append(row)
+
+    rng = RangeFilter(lo=batch.lo, hi=batch.end, where=table.stream.where)
+    try:
+        with dst.transaction():
+            rows = write_around_refused(src, dst, transfer, table, rng, on_refused)
+            ledger.record_rejected(
+                dst,
+                lease.pipeline,
+                stream,
+                chunk.index,
+                [(encode_key(r.key) or "", r.as_json(), r.reason) for r in refused],
+            )
+            ledger.advance(
+                dst, lease, stream, chunk.index, batch.end, rows, batch.final, len(refused)
+            )
+    except (LeaseLost, RowRejected):
+        raise
+    except Exception as exc:
+        raise CopyFailed(
+            f"Stream '{stream}', chunk {chunk.index}: the batch after cursor {_show(batch.lo)} "
+            f"up to {_show(batch.end)} could not be written around its refused rows: "
+            f"{_reason(exc)}",
+            hint="Every batch before it is committed; run again to continue from there.",
+        ) from exc
+    return BatchDone(stream, chunk.index, rows, batch.end, batch.final, len(refused))
 
 
 def _plan_batches(
@@ -88,13 +178,15 @@ def _plan_batches(
     transfer: Transfer,
     table: SourceTable,
     chunk: ledger.ChunkRow,
+    start: Key | None,
     batch_size: int,
     stop: threading.Event,
 ) -> Iterator[_Planned]:
-    """Successive batches of the chunk: each one's last key first, then its rows."""
+    """Successive batches of the chunk after `start`: each one's last key first, then its
+    rows."""
     src_table = src.qualified(table.name, table.stream.schema_)
     where = table.stream.where
-    watermark = chunk.resume_after
+    watermark = start
     while not stop.is_set():
         remaining = RangeFilter(lo=watermark, hi=chunk.hi, where=where)
         try:

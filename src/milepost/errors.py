@@ -18,7 +18,12 @@ class MilepostError(Exception):
     """Base of every error milepost reports to a person."""
 
     exit_code = EXIT_FAILED
-    retryable = False
+    # Why trying again may help (e.g. "connection lost"), set where a driver error is
+    # wrapped; None means retrying would only repeat the failure.
+    transient: str | None = None
+    # Settled outcomes (a lease lost, retries given up, a pause) are never retried, even
+    # when the driver error they wrap would be.
+    final = False
 
     def __init__(self, message: str, *, hint: str | None = None) -> None:
         super().__init__(message)
@@ -57,6 +62,7 @@ class LeaseLost(MilepostError):
     """Our lease was taken over while we ran; we stop before writing anything more."""
 
     exit_code = EXIT_FAILED
+    final = True
 
 
 class ResumeRefused(MilepostError):
@@ -69,9 +75,25 @@ class Paused(MilepostError):
     """The run stopped on request after a committed batch and can be resumed."""
 
     exit_code = EXIT_PAUSED
+    final = True
 
 
 class CopyFailed(MilepostError):
     """A batch could not be written; progress up to the last committed batch is kept."""
 
     exit_code = EXIT_FAILED
+
+
+class RowRejected(MilepostError):
+    """The destination refused a row (`on_row_error: fail`); the message names it."""
+
+    exit_code = EXIT_FAILED
+    final = True
+
+
+class RetriesExhausted(MilepostError):
+    """A transient fault outlasted the retries: the run pauses, resumable once it clears."""
+
+    exit_code = EXIT_PAUSED
+    final = True
+    stream: str | None = None  # the stream that gave up, when one did

@@ -12,7 +12,7 @@ from typing import Any
 
 @dataclass(frozen=True)
 class Event:
-    kind: str  # run | phase | stream | batch | stream_done | message | finished
+    kind: str  # run | phase | stream | batch | stream_done | message | retry | alert | finished
     stream: str | None = None
     rows: int = 0
     rows_done: int = 0

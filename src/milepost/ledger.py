@@ -46,6 +46,8 @@ RUNS = sa.Table(
     sa.Column("started_at", sa.Double, nullable=False),
     sa.Column("updated_at", sa.Double, nullable=False),
     sa.Column("message", sa.Text),
+    # Set by `milepost pause` from anywhere; the runner stops after its batches in flight.
+    sa.Column("pause_requested", sa.Double),
 )
 STREAMS = sa.Table(
     "_milepost_streams",
@@ -70,6 +72,21 @@ CHUNKS = sa.Table(
     sa.Column("batches", sa.BigInteger, nullable=False),
     sa.Column("status", sa.String(16), nullable=False),
     sa.Column("updated_at", sa.Double, nullable=False),
+    sa.Column("rows_rejected", sa.BigInteger, nullable=False, server_default="0"),
+)
+# Rows the destination refused under `on_row_error: skip`, each with its reason. They are
+# written in the transaction of the batch they belong to, so they too exist exactly once.
+REJECTED = sa.Table(
+    "_milepost_rejected_rows",
+    _meta,
+    sa.Column("id", sa.BigInteger().with_variant(sa.Integer, "sqlite"), primary_key=True),
+    sa.Column("pipeline", sa.String(100), nullable=False),
+    sa.Column("stream", sa.String(255), nullable=False),
+    sa.Column("chunk", sa.Integer, nullable=False),
+    sa.Column("cursor_value", sa.Text, nullable=False),
+    sa.Column("row_data", sa.Text, nullable=False),
+    sa.Column("reason", sa.Text, nullable=False),
+    sa.Column("created_at", sa.Double, nullable=False),
 )
 
 
@@ -88,6 +105,7 @@ class RunRow:
     started_at: float
     updated_at: float
     message: str | None
+    pause_requested: float | None = None
 
 
 @dataclass
@@ -100,6 +118,7 @@ class ChunkRow:
     rows_written: int
     batches: int
     status: str
+    rows_rejected: int = 0
 
     @property
     def resume_after(self) -> Key | None:
@@ -118,7 +137,21 @@ def _sql(conn: Any, text: str) -> str:
 
 
 def ensure_tables(conn: Any) -> None:
-    _meta.create_all(conn.sqlalchemy_engine(), checkfirst=True)
+    """Create the ledger tables, and add columns a newer milepost needs to an older ledger."""
+    engine = conn.sqlalchemy_engine()
+    _meta.create_all(engine, checkfirst=True)
+    inspector = sa.inspect(engine)
+    for table in _meta.sorted_tables:
+        present = {c["name"] for c in inspector.get_columns(table.name)}
+        for column in table.columns:
+            if column.name not in present:
+                _add_column(engine, table, column)
+
+
+def _add_column(engine: sa.Engine, table: sa.Table, column: sa.Column[Any]) -> None:
+    ddl = sa.schema.CreateColumn(column).compile(dialect=engine.dialect)
+    with engine.begin() as c:
+        c.exec_driver_sql(f"ALTER TABLE {table.name} ADD COLUMN {ddl}")
 
 
 def tables_exist(conn: Any) -> bool:
@@ -137,15 +170,35 @@ def read_chunks(conn: Any, pipeline: str) -> list[ChunkRow]:
     rows = conn.query(
         _sql(
             conn,
-            "SELECT stream, chunk, lo, hi, watermark, rows_written, batches, status "
-            "FROM _milepost_chunks WHERE pipeline = %s ORDER BY stream, chunk",
+            f"SELECT {_CHUNK_COLUMNS} FROM _milepost_chunks WHERE pipeline = %s "
+            "ORDER BY stream, chunk",
         ),
         [pipeline],
     )
-    return [
-        ChunkRow(s, int(i), decode_key(lo), decode_key(hi), decode_key(wm), int(n), int(b), st)
-        for s, i, lo, hi, wm, n, b, st in rows
-    ]
+    return [_chunk(row) for row in rows]
+
+
+def read_chunk(conn: Any, pipeline: str, stream: str, index: int) -> ChunkRow:
+    """One chunk as committed: after a lost connection, the truth about the last batch."""
+    rows = conn.query(
+        _sql(
+            conn,
+            f"SELECT {_CHUNK_COLUMNS} FROM _milepost_chunks "
+            "WHERE pipeline = %s AND stream = %s AND chunk = %s",
+        ),
+        [pipeline, stream, index],
+    )
+    return _chunk(rows[0])
+
+
+_CHUNK_COLUMNS = "stream, chunk, lo, hi, watermark, rows_written, batches, status, rows_rejected"
+
+
+def _chunk(row: tuple[Any, ...]) -> ChunkRow:
+    s, i, lo, hi, wm, n, b, st, rejected = row
+    return ChunkRow(
+        s, int(i), decode_key(lo), decode_key(hi), decode_key(wm), int(n), int(b), st, int(rejected)
+    )
 
 
 def read_streams(conn: Any, pipeline: str) -> list[tuple[str, int, int | None, str | None]]:
@@ -194,12 +247,17 @@ def describe_holder(run: RunRow, now: float) -> str:
     return f"pid {run.owner_pid} on host {run.owner_host} (last heartbeat {age})"
 
 
-def acquire(conn: Any, pipeline: str, fingerprint: str) -> tuple[Lease, RunRow | None, str | None]:
+def acquire(
+    conn: Any, pipeline: str, fingerprint: str, *, ours: Lease | None = None
+) -> tuple[Lease, RunRow | None, str | None]:
     """Take the pipeline's lease. Returns the lease, the run row as it was, and a takeover note.
 
-    Raises LeaseHeld when a live runner holds it.
+    `ours` is a lease this process already holds and is coming back to after a lost
+    connection; if someone else took it meanwhile, that is LeaseLost. Taking the lease
+    clears any pause request meant for an earlier runner. Raises LeaseHeld when a live
+    runner holds it.
     """
-    token = secrets.token_hex(16)
+    token = ours.token if ours is not None else secrets.token_hex(16)
     now = time.time()
     host, pid = socket.gethostname(), os.getpid()
     started = _process_started(pid)
@@ -211,14 +269,19 @@ def acquire(conn: Any, pipeline: str, fingerprint: str) -> tuple[Lease, RunRow |
             _sql(conn, f"SELECT {cols} FROM _milepost_runs WHERE pipeline = %s{lock}"), [pipeline]
         )
         before = RunRow(*rows[0]) if rows else None
+        if ours is not None and (before is None or before.lease_token != ours.token):
+            raise LeaseLost(
+                f"Pipeline '{pipeline}': another runner took over the lease while this one "
+                "was reconnecting."
+            )
         if before is not None:
-            if holder_is_alive(before, now, host):
+            if ours is None and holder_is_alive(before, now, host):
                 raise LeaseHeld(
                     f"Pipeline '{pipeline}' is being run by {describe_holder(before, now)}.",
                     hint="Wait for it, or stop it with SIGINT/SIGTERM; a second runner would "
                     "race it.",
                 )
-            if before.lease_token:
+            if before.lease_token and ours is None:
                 gone = (
                     "whose process is gone"
                     if before.owner_host == host
@@ -229,7 +292,8 @@ def acquire(conn: Any, pipeline: str, fingerprint: str) -> tuple[Lease, RunRow |
                 _sql(
                     conn,
                     "UPDATE _milepost_runs SET lease_token = %s, owner_host = %s, owner_pid = %s, "
-                    "owner_started = %s, heartbeat_at = %s, updated_at = %s WHERE pipeline = %s",
+                    "owner_started = %s, heartbeat_at = %s, updated_at = %s, "
+                    "pause_requested = NULL WHERE pipeline = %s",
                 ),
                 [token, host, pid, started, now, now, pipeline],
             )
@@ -279,6 +343,39 @@ def heartbeat(conn: Any, lease: Lease) -> None:
         )
     if n == 0:
         raise LeaseLost(f"Pipeline '{lease.pipeline}': another runner took over the lease.")
+
+
+def request_pause(conn: Any, pipeline: str) -> bool:
+    """Ask the runner holding the lease to stop after its batches in flight.
+
+    Through the ledger, so it reaches a runner on any machine. False when no runner
+    holds the lease (there is nothing to pause).
+    """
+    with conn.transaction():
+        n = conn.execute(
+            _sql(
+                conn,
+                "UPDATE _milepost_runs SET pause_requested = %s "
+                "WHERE pipeline = %s AND lease_token IS NOT NULL",
+            ),
+            [time.time(), pipeline],
+        )
+    return n == 1
+
+
+def pause_requested(conn: Any, lease: Lease) -> bool:
+    with conn.transaction():  # a fresh snapshot each poll (MySQL would repeat the old one)
+        rows = conn.query(
+            _sql(
+                conn,
+                "SELECT pause_requested FROM _milepost_runs "
+                "WHERE pipeline = %s AND lease_token = %s",
+            ),
+            [lease.pipeline, lease.token],
+        )
+    if not rows:
+        raise LeaseLost(f"Pipeline '{lease.pipeline}': another runner took over the lease.")
+    return rows[0][0] is not None
 
 
 def release(conn: Any, lease: Lease, status: str, message: str | None = None) -> None:
@@ -366,7 +463,14 @@ def record_stream(
 
 
 def advance(
-    conn: Any, lease: Lease, stream: str, chunk: int, watermark: Key | None, rows: int, done: bool
+    conn: Any,
+    lease: Lease,
+    stream: str,
+    chunk: int,
+    watermark: Key | None,
+    rows: int,
+    done: bool,
+    rejected: int = 0,
 ) -> None:
     """Move a chunk's watermark; call inside the transaction that wrote the batch.
 
@@ -380,7 +484,8 @@ def advance(
         _sql(
             conn,
             "UPDATE _milepost_chunks SET watermark = COALESCE(%s, watermark), "
-            "rows_written = rows_written + %s, batches = batches + 1, status = %s, updated_at = %s "
+            "rows_written = rows_written + %s, batches = batches + 1, status = %s, "
+            "updated_at = %s, rows_rejected = rows_rejected + %s "
             "WHERE pipeline = %s AND stream = %s AND chunk = %s AND EXISTS (SELECT 1 FROM "
             f"_milepost_runs WHERE pipeline = %s AND lease_token = %s{lock})",
         ),
@@ -389,6 +494,7 @@ def advance(
             rows,
             "done" if done else "copying",
             time.time(),
+            rejected,
             lease.pipeline,
             stream,
             chunk,
@@ -400,4 +506,20 @@ def advance(
         raise LeaseLost(
             f"Pipeline '{lease.pipeline}': another runner took over the lease; "
             "this batch was rolled back."
+        )
+
+
+def record_rejected(
+    conn: Any, pipeline: str, stream: str, chunk: int, rows: list[tuple[str, str, str]]
+) -> None:
+    """Set refused rows aside: (cursor value, row as JSON, reason), in the batch's transaction."""
+    now = time.time()
+    for cursor_value, row_data, reason in rows:
+        conn.execute(
+            _sql(
+                conn,
+                "INSERT INTO _milepost_rejected_rows (pipeline, stream, chunk, cursor_value, "
+                "row_data, reason, created_at) VALUES (%s, %s, %s, %s, %s, %s, %s)",
+            ),
+            [pipeline, stream, chunk, cursor_value, row_data, reason, now],
         )

@@ -21,6 +21,9 @@ from rich.text import Text
 
 from milepost.events import Event
 
+# Events a person reads as a line of text (batches show as the bars move).
+SHOWN = ("run", "message", "retry", "alert", "finished")
+
 
 class RowsPerSecond(ProgressColumn):
     def render(self, task: Task) -> Text:
@@ -69,8 +72,8 @@ class RichProgress:
                 self.progress.update(
                     self.tasks[event.stream], total=event.rows_done, completed=event.rows_done
                 )
-            elif event.kind in ("run", "message", "finished") and event.text:
-                self.progress.console.print(event.text)
+            elif event.kind in SHOWN and event.text:
+                self.progress.console.print(event.text, markup=False)
 
 
 class JsonLines:
@@ -93,8 +96,8 @@ class PlainLines:
         self.console = console or Console(stderr=True, highlight=False)
 
     def __call__(self, event: Event) -> None:
-        if event.kind in ("run", "message", "finished") and event.text:
-            self.console.print(event.text)
+        if event.kind in SHOWN and event.text:
+            self.console.print(event.text, markup=False)
         elif event.kind == "stream_done":
             self.console.print(f"{event.stream}: {event.rows_done:,} rows")
 

@@ -2,7 +2,13 @@
 
 The runner decides nothing about resuming itself (`recovery.decide` does) and moves
 no rows itself (`copier.copy_chunk` does). It owns the order of phases, the workers,
-the heartbeat, and stopping cleanly when asked.
+the heartbeat, retrying what a passing fault broke, and stopping cleanly when asked.
+
+Retry happens at two levels. A worker that loses a connection reconnects, reads its
+chunk's watermark back from the ledger (the truth, even when the connection died
+during COMMIT) and carries on from there: a dropped connection costs the batch in
+flight and the backoff wait. Anything else that fails transiently (the schema phase,
+finalize, a phase change) re-enters the run, which resumes from the ledger.
 """
 
 from __future__ import annotations
@@ -10,16 +16,27 @@ from __future__ import annotations
 import contextlib
 import queue
 import threading
+import time
 import uuid
 from dataclasses import dataclass
 from typing import Any
 
 from milepost import connectors, ledger, recovery, schema, transfer
+from milepost.alerts import send_alert
 from milepost.config import Pipeline
 from milepost.copier import BatchDone, copy_chunk
-from milepost.errors import ConfigError, LeaseLost, MilepostError, Paused, ResumeRefused
+from milepost.crash import crash_point
+from milepost.errors import (
+    ConfigError,
+    LeaseLost,
+    MilepostError,
+    Paused,
+    ResumeRefused,
+    RetriesExhausted,
+)
 from milepost.events import Event, Listener, ignore
 from milepost.plan import foreign_key_order, plan_chunks
+from milepost.retry import RetryPolicy
 
 
 @dataclass
@@ -32,20 +49,32 @@ class RunResult:
 
 class Runner:
     def __init__(
-        self, pipeline: Pipeline, *, fresh: bool = False, on_event: Listener = ignore
+        self,
+        pipeline: Pipeline,
+        *,
+        fresh: bool = False,
+        on_event: Listener = ignore,
+        origin: str | None = None,
     ) -> None:
         self.pipeline = pipeline
         self.fresh = fresh
         self.emit = on_event
+        self.origin = origin  # the pipeline file, to tell an operator how to resume
         self.stop = threading.Event()
+        self.stop_reason = "stopped on request"
+        self.retry = RetryPolicy(pipeline.retry, self.stop, on_event)
         self._errors: list[BaseException] = []
         self._wrote = False
         self._lock = threading.Lock()
         self._rows_done: dict[str, int] = {}
         self._rows_total: dict[str, int | None] = {}
+        self._lease: ledger.Lease | None = None  # held across retries of the whole run
+        self._run_id = ""
 
-    def request_stop(self) -> None:
-        """Finish the batches in flight, record them, and stop (SIGINT/SIGTERM)."""
+    def request_stop(self, reason: str = "stopped on request") -> None:
+        """Finish the batches in flight, record them, and stop (SIGINT/SIGTERM, pause)."""
+        if not self.stop.is_set():
+            self.stop_reason = reason
         self.stop.set()
 
     # --- the run ------------------------------------------------------------------
@@ -53,6 +82,25 @@ class Runner:
     def run(self) -> RunResult:
         p = self.pipeline
         new_file = connectors.new_sqlite_file(p.destination_url())
+        try:
+            # A failure before the lease is held (a wrong URL, a refused preflight) is the
+            # operator's to fix and is reported at once; after it, a passing fault is retried.
+            return self.retry.call(
+                self._attempt,
+                what=f"Pipeline '{p.name}'",
+                progress=lambda: sum(self._rows_done.values()),
+                retry_if=lambda exc: self._lease is not None,
+            )
+        except (RetriesExhausted, Paused) as exc:
+            self._let_go(exc)
+            raise
+        finally:
+            if new_file is not None and not self._wrote:
+                # Refused before writing: leave no empty database file behind either.
+                connectors.remove_sqlite_file(new_file)
+
+    def _attempt(self) -> RunResult:
+        p = self.pipeline
         src = connectors.connect(p.source_url(), "source")
         dst = None
         try:
@@ -62,9 +110,20 @@ class Runner:
             src.close()
             if dst is not None:
                 dst.close()
-            if new_file is not None and not self._wrote:
-                # Refused before writing: leave no empty database file behind either.
-                connectors.remove_sqlite_file(new_file)
+
+    def _let_go(self, exc: MilepostError) -> None:
+        """After giving up on a passing fault (or a pause during its backoff): record
+        `paused` if the destination answers, release the lease, and raise the alarm."""
+        if self._lease is not None:
+            with contextlib.suppress(Exception):
+                dst = connectors.connect(self.pipeline.destination_url(), "destination")
+                try:
+                    ledger.release(dst, self._lease, "paused", str(exc))
+                finally:
+                    dst.close()
+            self._lease = None
+        if isinstance(exc, RetriesExhausted):
+            send_alert(self.pipeline, self._run_id, exc, self.origin, self.emit)
 
     def _run(self, src: Any, dst: Any) -> RunResult:
         p = self.pipeline
@@ -76,10 +135,11 @@ class Runner:
 
         self._wrote = True
         ledger.ensure_tables(dst)
-        lease, before, takeover = ledger.acquire(dst, p.name, fingerprint)
+        lease, before, takeover = ledger.acquire(dst, p.name, fingerprint, ours=self._lease)
+        self._lease = lease
         heartbeat = _Heartbeat(p, lease, self)
         heartbeat.start()
-        status, message = "failed", None
+        status, message, keep_lease = "failed", None, False
         try:
             if takeover:
                 self.emit(Event("message", text=f"Pipeline '{p.name}': {takeover}."))
@@ -91,12 +151,15 @@ class Runner:
                 return RunResult(before.run_id if before else "", "done", 0, False)
             resumed = decision.action == "resume"
             run_id = before.run_id if resumed and before else uuid.uuid4().hex
+            self._run_id = run_id
             self.emit(
                 Event("run", text=decision.reason, data={"run_id": run_id, "resumed": resumed})
             )
             phase = decision.phase if resumed else "schema"
             if phase == "schema":
                 self._schema_phase(src, dst, lease, run_id, fingerprint, plans)
+                # Emptied once; a retry of this run resumes what it has copied since.
+                self.fresh = False
                 phase = "copy"
             else:
                 with dst.transaction():
@@ -113,23 +176,29 @@ class Runner:
             added = schema.add_foreign_keys(dst, plans)
             if added:
                 self.emit(Event("message", text=f"added {added} foreign key constraint(s)"))
+            crash_point("finalize.before_done")
             with dst.transaction():
                 ledger.set_state(dst, lease, phase="done", status="done")
             status = "done"
+            self._lease = None
             total = sum(self._rows_done.values())
             self.emit(Event("finished", rows_done=total, text=f"run {run_id} complete"))
             return RunResult(run_id, "done", total, resumed)
-        except Paused:
-            status = "paused"
+        except (Paused, RetriesExhausted) as exc:
+            status, message = "paused", str(exc)
             raise
         except BaseException as exc:
             message = str(exc) or type(exc).__name__
+            # Coming back for it: the retry keeps the lease, so no one else starts meanwhile.
+            keep_lease = connectors.transient_reason(exc) is not None
             raise
         finally:
             heartbeat.finish()
-            # The destination may be what failed; the lease then lapses by itself.
-            with contextlib.suppress(Exception):
-                ledger.release(dst, lease, status, message)
+            if not keep_lease:
+                self._lease = None
+                # The destination may be what failed; the lease then lapses by itself.
+                with contextlib.suppress(Exception):
+                    ledger.release(dst, lease, status, message)
 
     def _preflight(self, decision: recovery.Decision, plans: list[schema.DestinationPlan]) -> None:
         """Refuse before writing anything when the destination cannot take a fresh copy."""
@@ -189,6 +258,7 @@ class Runner:
         created = schema.create_tables(dst, plans)
         for name in created:
             self.emit(Event("message", text=f"created table {name}"))
+        crash_point("schema.after_create")
         with dst.transaction():
             for position, plan in enumerate(plans):
                 src_table = src.qualified(plan.source.name, plan.source.stream.schema_)
@@ -268,44 +338,100 @@ class Runner:
         lease: ledger.Lease,
         tables: dict[str, schema.SourceTable],
     ) -> None:
-        p = self.pipeline
-        src = dst = None
+        conns = _WorkerConnections(self.pipeline)
         try:
-            src = connectors.connect(p.source_url(), "source")
-            dst = connectors.connect(p.destination_url(), "destination")
-            paths: dict[str, transfer.Transfer] = {}
             while not self.stop.is_set():
                 try:
                     chunk = work.get_nowait()
                 except queue.Empty:
                     return
-                table = tables[chunk.stream]
-                if chunk.stream not in paths:
-                    paths[chunk.stream] = transfer.choose(src, dst, table)
-                copy_chunk(
-                    src,
-                    dst,
-                    paths[chunk.stream],
-                    lease,
-                    table,
-                    chunk,
-                    p.batch_size,
-                    self.stop,
-                    self._on_batch,
-                )
+                self._copy_with_retry(conns, chunk, lease, tables[chunk.stream])
+        except Paused:
+            return  # asked to stop while waiting to retry: nothing was lost
         except BaseException as exc:
             with self._lock:
                 self._errors.append(exc)
             self.stop.set()
         finally:
-            for conn in (src, dst):
-                if conn is not None:
-                    conn.close()
+            conns.close()
+
+    def _copy_with_retry(
+        self,
+        conns: _WorkerConnections,
+        chunk: ledger.ChunkRow,
+        lease: ledger.Lease,
+        table: schema.SourceTable,
+    ) -> None:
+        """Copy one chunk; after a lost connection, reconnect and go on from its watermark."""
+        p = self.pipeline
+        known = {"rows": chunk.rows_written, "batches": chunk.batches}
+        current = [chunk]
+
+        def on_batch(batch: BatchDone) -> None:
+            known["rows"] += batch.rows
+            known["batches"] += 1
+            self._on_batch(batch)
+
+        def attempt() -> bool:
+            if conns.broken:
+                conns.close()
+                current[0] = self._reread(conns, chunk, known)
+            src, dst, path = conns.open(table)
+            try:
+                return copy_chunk(
+                    src,
+                    dst,
+                    path,
+                    lease,
+                    table,
+                    current[0],
+                    p.batch_size,
+                    self.stop,
+                    on_batch,
+                    p.on_row_error,
+                )
+            except BaseException:
+                conns.broken = True
+                raise
+
+        self.retry.call(
+            attempt,
+            what=f"Stream '{chunk.stream}', chunk {chunk.index}",
+            progress=lambda: known["batches"],
+            stream=chunk.stream,
+        )
+
+    def _reread(
+        self, conns: _WorkerConnections, chunk: ledger.ChunkRow, known: dict[str, int]
+    ) -> ledger.ChunkRow:
+        """The chunk as the ledger has it. A batch whose COMMIT was sent just as the
+        connection died may have committed after all: the ledger says, and it is counted."""
+        _, dst, _ = conns.open(None)
+        now = ledger.read_chunk(dst, self.pipeline.name, chunk.stream, chunk.index)
+        if now.batches > known["batches"]:
+            extra = now.rows_written - known["rows"]
+            known.update(rows=now.rows_written, batches=now.batches)
+            self._on_batch(
+                BatchDone(chunk.stream, chunk.index, extra, now.watermark, now.status == "done")
+            )
+        self.emit(
+            Event(
+                "message",
+                stream=chunk.stream,
+                text=f"{chunk.stream}: chunk {chunk.index} reconnected; continuing after "
+                f"{now.rows_written:,} committed rows",
+                data={"chunk": chunk.index, "rows_committed": now.rows_written},
+            )
+        )
+        return now
 
     def _on_batch(self, batch: BatchDone) -> None:
         with self._lock:
             self._rows_done[batch.stream] += batch.rows
             done = self._rows_done[batch.stream]
+        data: dict[str, Any] = {"chunk": batch.chunk, "chunk_done": batch.chunk_done}
+        if batch.rejected:
+            data["rejected"] = batch.rejected
         self.emit(
             Event(
                 "batch",
@@ -313,14 +439,15 @@ class Runner:
                 rows=batch.rows,
                 rows_done=done,
                 rows_total=self._rows_total.get(batch.stream),
-                data={"chunk": batch.chunk, "chunk_done": batch.chunk_done},
+                data=data,
             )
         )
 
     def _stopped_status(self) -> tuple[str, str | None]:
         if self._errors:
-            return "failed", str(self._errors[0])
-        return "paused", "stopped on request after a committed batch"
+            first = self._errors[0]
+            return ("paused" if isinstance(first, RetriesExhausted) else "failed"), str(first)
+        return "paused", f"{self.stop_reason} after a committed batch"
 
     def _raise_stopped(self) -> None:
         if self._errors:
@@ -329,13 +456,49 @@ class Runner:
                 raise err
             raise MilepostError(f"Pipeline '{self.pipeline.name}': {err}") from err
         raise Paused(
-            f"Pipeline '{self.pipeline.name}' paused after its last committed batch.",
-            hint="Run the same command again to resume.",
+            f"Pipeline '{self.pipeline.name}' paused after its last committed batch "
+            f"({self.stop_reason}).",
+            hint="Run the same command again to resume; --workers and --batch-size may change.",
         )
 
 
+class _WorkerConnections:
+    """A worker's source and destination connections, and the transfer path per stream."""
+
+    def __init__(self, pipeline: Pipeline) -> None:
+        self.pipeline = pipeline
+        self.src: Any = None
+        self.dst: Any = None
+        self.paths: dict[str, transfer.Transfer] = {}
+        self.broken = False
+
+    def open(self, table: schema.SourceTable | None) -> tuple[Any, Any, Any]:
+        if self.src is None:
+            self.src = connectors.connect(self.pipeline.source_url(), "source")
+        if self.dst is None:
+            self.dst = connectors.connect(self.pipeline.destination_url(), "destination")
+        self.broken = False
+        path = None
+        if table is not None:
+            target = table.stream.target
+            if target not in self.paths:
+                self.paths[target] = transfer.choose(self.src, self.dst, table)
+            path = self.paths[target]
+        return self.src, self.dst, path
+
+    def close(self) -> None:
+        for conn in (self.src, self.dst):
+            if conn is not None:
+                conn.close()
+        self.src = self.dst = None
+        self.paths.clear()
+
+
 class _Heartbeat(threading.Thread):
-    """Keeps the lease fresh on its own connection, so slow batches do not lose it."""
+    """Keeps the lease fresh on its own connection, so slow batches do not lose it, and
+    watches the ledger for `milepost pause` from any machine."""
+
+    POLL_S = 1.0
 
     def __init__(self, pipeline: Pipeline, lease: ledger.Lease, runner: Runner) -> None:
         super().__init__(name="milepost-heartbeat", daemon=True)
@@ -346,11 +509,16 @@ class _Heartbeat(threading.Thread):
 
     def run(self) -> None:
         conn = None
-        while not self._done.wait(ledger.HEARTBEAT_EVERY_S):
+        last_beat = time.monotonic()
+        while not self._done.wait(self.POLL_S):
             try:
                 if conn is None:
                     conn = connectors.connect(self.pipeline.destination_url(), "destination")
-                ledger.heartbeat(conn, self.lease)
+                if time.monotonic() - last_beat >= ledger.HEARTBEAT_EVERY_S:
+                    ledger.heartbeat(conn, self.lease)
+                    last_beat = time.monotonic()
+                if ledger.pause_requested(conn, self.lease):
+                    self.runner.request_stop("paused by `milepost pause`")
             except LeaseLost as exc:
                 with self.runner._lock:
                     self.runner._errors.append(exc)

@@ -10,13 +10,14 @@ from milepost.config import Pipeline
 
 
 def pipeline_status(pipeline: Pipeline) -> dict[str, Any]:
-    """Read the ledger in the destination; never takes the lease, never writes."""
+    """Read the ledger in the destination; never takes the lease, never writes progress."""
     if connectors.new_sqlite_file(pipeline.destination_url()) is not None:
         return _never_run(pipeline)
     dst = connectors.connect(pipeline.destination_url(), "destination")
     try:
         if not ledger.tables_exist(dst):
             return _never_run(pipeline)
+        ledger.ensure_tables(dst)  # a ledger left by an older milepost gains its new columns
         run = ledger.read_run(dst, pipeline.name)
         if run is None:
             return _never_run(pipeline)
@@ -30,6 +31,7 @@ def pipeline_status(pipeline: Pipeline) -> dict[str, Any]:
                 {
                     "stream": name,
                     "rows_written": sum(c.rows_written for c in mine),
+                    "rows_rejected": sum(c.rows_rejected for c in mine),
                     "rows_estimate": estimate,
                     "chunks": len(mine),
                     "chunks_done": done,
@@ -57,7 +59,11 @@ def pipeline_status(pipeline: Pipeline) -> dict[str, Any]:
                 else None
             ),
             "message": run.message or None,
+            "pause_requested_s_ago": round(now - run.pause_requested, 1)
+            if alive and run.pause_requested
+            else None,
             "rows_written": sum(s["rows_written"] for s in streams),
+            "rows_rejected": sum(s["rows_rejected"] for s in streams),
             "streams": streams,
         }
     finally:

@@ -16,6 +16,7 @@ allows, measured in bench/results/copy.md:
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -87,8 +88,12 @@ class PostgresCopyPassthrough(_Path):
 
     def write(self, rng: RangeFilter) -> int:
         query, params = self.select(rng)
-        with self.dst.copy_in(self.dst_table, self.columns, self.fmt) as into:
-            for block in self.src.copy_out_blocks(query, params, self.fmt, COALESCE_BYTES):
+        blocks = self.src.copy_out_blocks(query, params, self.fmt, COALESCE_BYTES)
+        with (
+            contextlib.closing(blocks),
+            self.dst.copy_in(self.dst_table, self.columns, self.fmt) as into,
+        ):
+            for block in blocks:
                 into.write(block)
         return int(self.dst.last_copy_rows)
 

@@ -44,6 +44,8 @@ class Connection(Protocol):
 
     def transaction(self) -> Any: ...
 
+    def savepoint(self, name: str = "milepost_try") -> Any: ...
+
     def next_batch_end(
         self, table: str, cursor: Sequence[str], rng: RangeFilter, batch_size: int
     ) -> tuple[Key | None, bool]: ...
@@ -147,6 +149,21 @@ class ConnectionBase:
             self._rollback_quietly()
             raise
         self.raw.commit()
+
+    @contextmanager
+    def savepoint(self, name: str = "milepost_try") -> Iterator[None]:
+        """Inside a transaction: undo only what this block wrote if it fails.
+
+        The same three statements work on PostgreSQL, MySQL/MariaDB and SQLite.
+        """
+        self.execute(f"SAVEPOINT {name}")
+        try:
+            yield
+        except BaseException:
+            self.execute(f"ROLLBACK TO SAVEPOINT {name}")
+            self.execute(f"RELEASE SAVEPOINT {name}")
+            raise
+        self.execute(f"RELEASE SAVEPOINT {name}")
 
     def _begin(self) -> None:
         """Drivers that open transactions implicitly need nothing here."""

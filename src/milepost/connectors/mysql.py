@@ -98,10 +98,12 @@ def connect(url: DatabaseUrl, role: str) -> MysqlConnection:
         )
     except pymysql.MySQLError as exc:
         reason = exc.args[1] if len(exc.args) > 1 else str(exc)
-        raise ConnectorError(
+        error = ConnectorError(
             f"Cannot connect to the {role} {url.masked}: {reason}",
             hint="Check host, port, database, user and password.",
-        ) from None
+        )
+        error.transient = transient_reason(exc)
+        raise error from None
     with raw.cursor() as cur:
         cur.execute("SET SESSION time_zone = '+00:00'")
         cur.execute("SET SESSION sql_mode = CONCAT_WS(',', @@sql_mode, 'STRICT_ALL_TABLES')")
@@ -113,3 +115,57 @@ def connect(url: DatabaseUrl, role: str) -> MysqlConnection:
     if role == "destination":
         raw.commit()
     return MysqlConnection(url, role, raw)
+
+
+# --- what an error means: worth retrying, or a row the destination refuses -----------
+
+_TRANSIENT_CODES = {
+    2003: "server unreachable",
+    2006: "connection lost",
+    2013: "connection lost",
+    2055: "connection lost",
+    1927: "connection killed",
+    1053: "server shutting down",
+    1040: "too many connections",
+    1205: "lock wait timeout",
+    1213: "deadlock",
+    1317: "query interrupted",
+    4031: "connection closed by the server after inactivity",
+}
+# Values strict mode refuses, and constraints: the row, not the connection, is at fault.
+_REJECTED_CODES = {
+    1048,
+    1062,
+    1264,
+    1265,
+    1292,
+    1366,
+    1367,
+    1406,
+    1411,
+    1451,
+    1452,
+    1690,
+    3819,
+    4025,
+}
+
+
+def _code(exc: BaseException) -> int | None:
+    if isinstance(exc, pymysql.MySQLError) and exc.args and isinstance(exc.args[0], int):
+        return exc.args[0]
+    return None
+
+
+def transient_reason(exc: BaseException) -> str | None:
+    if isinstance(exc, pymysql.err.InterfaceError):
+        return "connection closed"  # PyMySQL's word for using a connection that broke
+    code = _code(exc)
+    return _TRANSIENT_CODES.get(code) if code is not None else None
+
+
+def rejection(exc: BaseException) -> str | None:
+    code = _code(exc)
+    if code in _REJECTED_CODES:
+        return str(exc.args[1]) if len(exc.args) > 1 else str(exc)
+    return None

@@ -86,7 +86,14 @@ class PostgresConnection(ConnectionBase):
                     raise psycopg.errors.error_from_result(ended, encoding)
         finally:
             if abandoned:
-                self.raw.close()  # left in the middle of a COPY: it cannot serve again
+                # Left in the middle of a COPY (the destination refused the batch, or we
+                # are stopping): read out the rest of this one batch so the connection can
+                # serve again, e.g. to find the refused row; if it broke, close it.
+                try:
+                    with self.raw.lock:
+                        _discard_copy(pgconn)
+                except Exception:
+                    self.raw.close()
 
     @contextmanager
     def copy_in(self, table: str, columns: Sequence[str], fmt: str) -> Iterator[Any]:
@@ -139,11 +146,13 @@ def connect(url: DatabaseUrl, role: str) -> PostgresConnection:
         )
     except psycopg.Error as exc:
         reason = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
-        raise ConnectorError(
+        error = ConnectorError(
             f"Cannot connect to the {role} {url.masked}: {reason}",
             hint="Check host, port, database, user and password (the password may come from "
             "the URL or from `password:` with an ${ENV} variable).",
-        ) from None
+        )
+        error.transient = transient_reason(exc)
+        raise error from None
     raw.execute("SET TIME ZONE 'UTC'")
     if role == "source":
         # JSON stays text: re-encoding parsed dicts would cost time and change formatting.
@@ -158,7 +167,72 @@ def connect(url: DatabaseUrl, role: str) -> PostgresConnection:
     return PostgresConnection(url, role, raw)
 
 
+def _discard_copy(pgconn: pq.abc.PGconn) -> None:
+    while True:
+        nbytes, _ = pgconn.get_copy_data(1)
+        if nbytes == 0:
+            select.select([pgconn.socket], [], [])
+            pgconn.consume_input()
+        elif nbytes < 0:
+            break
+    _drain(pgconn)
+
+
 def _drain(pgconn: pq.abc.PGconn) -> None:
     """Read the results libpq still holds, so the connection is ready for the next query."""
     while pgconn.get_result() is not None:
         pass
+
+
+# --- what an error means: worth retrying, or a row the destination refuses -----------
+
+# SQLSTATEs that say "this server or connection, right now", not "this statement".
+_TRANSIENT_SQLSTATES = {
+    "57P01": "server shutting down or connection terminated by an administrator",
+    "57P02": "server crashed",
+    "57P03": "server starting up",
+    "53300": "too many connections",
+    "40P01": "deadlock",
+    "40001": "serialization failure",
+    "55P03": "lock wait timeout",
+}
+
+
+# What libpq says, as text only, when the login itself is refused: retrying cannot help.
+_LOGIN_REFUSED = (
+    "password authentication failed",
+    "no pg_hba.conf entry",
+    "does not exist",
+    "no password supplied",
+)
+
+
+def transient_reason(exc: BaseException) -> str | None:
+    if not isinstance(exc, psycopg.Error):
+        return None
+    state = exc.sqlstate
+    if state is None:
+        # libpq's own errors carry no SQLSTATE: the server went away, the socket broke,
+        # or a reconnect was refused while the server restarts ("the database system is
+        # starting up" arrives as text too). A refused login does not pass as one.
+        if not isinstance(exc, psycopg.OperationalError):
+            return None
+        text = str(exc)
+        if any(sign in text for sign in _LOGIN_REFUSED):
+            return None
+        return "connection lost"
+    if state.startswith("08"):
+        return "connection lost"
+    return _TRANSIENT_SQLSTATES.get(state)
+
+
+def rejection(exc: BaseException) -> str | None:
+    """Why the destination refused a row (data exception, constraint), or None."""
+    if not isinstance(exc, psycopg.Error) or exc.sqlstate is None:
+        return None
+    if exc.sqlstate[:2] not in ("22", "23"):
+        return None
+    diag = exc.diag
+    where = f"column {diag.column_name}: " if diag.column_name else ""
+    detail = f" ({diag.message_detail})" if diag.message_detail else ""
+    return f"{where}{diag.message_primary or exc}{detail}"

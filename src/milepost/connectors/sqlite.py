@@ -98,7 +98,9 @@ def connect(url: DatabaseUrl, role: str) -> SqliteConnection:
         raw.execute("PRAGMA foreign_keys=OFF")
         raw.execute("SELECT count(*) FROM sqlite_master").fetchone()
     except sqlite3.Error as exc:
-        raise ConnectorError(f"Cannot open the {role} SQLite file {path}: {exc}.") from None
+        error = ConnectorError(f"Cannot open the {role} SQLite file {path}: {exc}.")
+        error.transient = transient_reason(exc)
+        raise error from None
     # With isolation_level=None, commit and rollback are plain statements.
     return SqliteConnection(url, role, _ManualTransactions(raw))
 
@@ -119,3 +121,18 @@ class _ManualTransactions:
     def rollback(self) -> None:
         if self._raw.in_transaction:
             self._raw.execute("ROLLBACK")
+
+
+# --- what an error means: worth retrying, or a row the destination refuses -----------
+
+
+def transient_reason(exc: BaseException) -> str | None:
+    if isinstance(exc, sqlite3.OperationalError) and "locked" in str(exc):
+        return "database locked"  # another writer held it longer than the busy timeout
+    return None
+
+
+def rejection(exc: BaseException) -> str | None:
+    if isinstance(exc, sqlite3.IntegrityError | sqlite3.DataError):
+        return str(exc)
+    return None
