@@ -144,6 +144,26 @@ def test_designed_but_unsupported_key_says_so(
     assert tables(dest) == []
 
 
+@pytest.mark.parametrize(
+    ("extra", "names"),
+    [
+        ({"retry": {"max_attempts": 0}}, ["'retry.max_attempts'", "greater than or equal to 1"]),
+        ({"retry": {"initial_delay": 1}}, ["unknown key 'retry.initial_delay'"]),
+        ({"on_row_error": "ignore"}, ["'on_row_error'", "'fail' or 'skip'"]),
+        (
+            {"alert_webhook": f"ftp://hooks.example.com/{PASSWORD}"},
+            ["'alert_webhook'", "http:// or https://"],
+        ),
+    ],
+)
+def test_resilience_settings_are_checked(
+    tmp_path: Path, items: Database, dest: Database, extra: dict[str, Any], names: list[str]
+) -> None:
+    path = write_pipeline(tmp_path, items.url, dest.url, **extra)
+    assert_usage_error(run_cli(path), *names)  # also: the webhook's secret path is not shown
+    assert tables(dest) == []
+
+
 def test_wrong_type_names_key_and_value(tmp_path: Path, items: Database, dest: Database) -> None:
     path = write_pipeline(tmp_path, items.url, dest.url, batch_size="lots")
     assert_usage_error(run_cli(path), "'batch_size'", "'lots'")

@@ -39,7 +39,7 @@ DEFAULT_PAIRS = [
     ("mysql", "sqlite", 1, 2),
 ]
 ENGINES = ["postgresql", "mysql", "sqlite"]
-TORTURE_PAIRS = [(s, d, 1 if d == "sqlite" else 2, 10) for s in ENGINES for d in ENGINES]
+TORTURE_PAIRS = [(s, d, 1 if d == "sqlite" else 2, 11) for s in ENGINES for d in ENGINES]
 
 
 def _kill_copy_resume(

@@ -66,3 +66,29 @@ def test_the_unchanged_pipeline_resumes_to_an_exact_copy(half_copied) -> None:
     result = milepost.run(_pipeline(src, dst))
     assert result.resumed
     assert dst.sql("SELECT id, qty FROM items ORDER BY id") == [(i, i % 7) for i in range(1, 101)]
+
+
+def test_a_ledger_left_by_the_previous_version_is_upgraded_and_resumed(
+    pg: Database, dest_db: Database
+) -> None:
+    """Upgrading milepost in the middle of a migration: the ledger written by the version
+    before pause requests and refused rows gains their columns, and the copy resumes."""
+    pg.script("""
+        CREATE TABLE items (id integer PRIMARY KEY, qty integer NOT NULL);
+        INSERT INTO items SELECT g, g % 7 FROM generate_series(1, 100) g
+    """)
+    pipeline = _pipeline(pg, dest_db)
+    _pause_after_first_batch(pipeline)
+    dest_db.sql("DROP TABLE _milepost_rejected_rows")
+    dest_db.sql("ALTER TABLE _milepost_runs DROP COLUMN pause_requested")
+    dest_db.sql("ALTER TABLE _milepost_chunks DROP COLUMN rows_rejected")
+
+    result = milepost.run(pipeline)
+    assert result.resumed
+    assert dest_db.sql("SELECT count(*), sum(qty) FROM items") == [
+        (100, sum(g % 7 for g in range(1, 101)))
+    ]
+    assert dest_db.sql("SELECT sum(rows_rejected) FROM _milepost_chunks") == [(0,)]
+    assert dest_db.sql("SELECT count(*) FROM _milepost_runs WHERE pause_requested IS NULL") == [
+        (1,)
+    ]

@@ -170,6 +170,7 @@ def _write_refused_batch(
             f"{_reason(exc)}",
             hint="Every batch before it is committed; run again to continue from there.",
         ) from exc
+    crash_point("copy.refused_after_commit")
     return BatchDone(stream, chunk.index, rows, batch.end, batch.final, len(refused))
 
 

@@ -130,7 +130,10 @@ class Runner:
         fingerprint = p.fingerprint()
         tables = foreign_key_order([schema.inspect_source(src, s) for s in p.streams])
         plans = schema.inspect_destination(src, dst, tables)
-        recorded = ledger.read_run(dst, p.name) if ledger.tables_exist(dst) else None
+        recorded = None
+        if ledger.tables_exist(dst):
+            ledger.ensure_tables(dst)  # a ledger from an older milepost gains its new columns
+            recorded = ledger.read_run(dst, p.name)
         self._preflight(recovery.decide(recorded, fingerprint, fresh=self.fresh), plans)
 
         self._wrote = True

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import importlib
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -99,6 +98,7 @@ def _causes(exc: BaseException) -> Iterator[BaseException]:
 
 
 def _engine_of(exc: BaseException) -> Any:
-    """The connector module that knows this driver's errors (already imported if it raised)."""
+    """The connector module that knows this driver's errors (its driver is installed: it
+    raised)."""
     name = _DRIVER_MODULES.get(type(exc).__module__.split(".", 1)[0])
-    return sys.modules.get(name) if name else None
+    return importlib.import_module(name) if name else None
