@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import select
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -17,6 +18,11 @@ from sqlalchemy.pool import NullPool
 from milepost.connectors.base import ConnectionBase
 from milepost.errors import ConnectorError
 from milepost.urls import DatabaseUrl
+
+# psycopg logs "error ignored terminating <Copy [BAD]>" when a COPY dies with its
+# connection; milepost reports that loss itself (a `retry` event), once and in context.
+logging.getLogger("psycopg").addHandler(logging.NullHandler())
+logging.getLogger("psycopg").propagate = False
 
 
 class PostgresConnection(ConnectionBase):
