@@ -364,15 +364,16 @@ def request_pause(conn: Any, pipeline: str) -> bool:
 
 
 def pause_requested(conn: Any, lease: Lease) -> bool:
-    with conn.transaction():  # a fresh snapshot each poll (MySQL would repeat the old one)
-        rows = conn.query(
-            _sql(
-                conn,
-                "SELECT pause_requested FROM _milepost_runs "
-                "WHERE pipeline = %s AND lease_token = %s",
-            ),
-            [lease.pipeline, lease.token],
-        )
+    rows = conn.query(
+        _sql(
+            conn,
+            "SELECT pause_requested FROM _milepost_runs WHERE pipeline = %s AND lease_token = %s",
+        ),
+        [lease.pipeline, lease.token],
+    )
+    # End the read: MySQL would otherwise answer the next poll from the same snapshot.
+    # (Not conn.transaction(): on SQLite that takes the write lock, every second.)
+    conn.raw.commit()
     if not rows:
         raise LeaseLost(f"Pipeline '{lease.pipeline}': another runner took over the lease.")
     return rows[0][0] is not None
