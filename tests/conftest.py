@@ -155,6 +155,13 @@ def make_database(family: str, tmp_path: Path, stem: str) -> Iterator[Database]:
 ENGINES = ["sqlite", "postgresql", "mysql"]
 
 
+@pytest.fixture(autouse=True)
+def _work_in_tmp(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Runs started in-process keep checkpoints under the working directory by default:
+    let that be the test's own directory, not the repository."""
+    monkeypatch.chdir(tmp_path)
+
+
 @pytest.fixture
 def pg(tmp_path: Path) -> Iterator[Database]:
     yield from make_database("postgresql", tmp_path, "pg")

@@ -159,6 +159,25 @@ def test_pipelines_do_not_see_each_other(opener: Opener) -> None:
     assert alpha2.get("x.ckpt") == b"alpha-2"
 
 
+def test_pipelines_are_those_with_a_checkpoint_seen_from_any_of_them(opener: Opener) -> None:
+    # `milepost checkpoints clear --all` opens the store for one pipeline and must reach all.
+    # "orders" is a prefix of both others; '-' and '_' order differently under a collation.
+    migration, archive = opener("orders_migration"), opener("orders-archive")
+    idle = opener("orders")
+    migration.put("a.ckpt", b"1")
+    migration.put("b.ckpt", b"2")
+    archive.put("a.ckpt", b"3")
+    for store in (migration, archive, idle):
+        assert store.pipelines() == ["orders-archive", "orders_migration"]
+
+    for name in migration.list():
+        migration.delete(name)
+    if isinstance(migration, DirectoryStore):  # the emptied directory is still there
+        assert migration.path.is_dir() and idle.path.is_dir()
+    for store in (migration, archive, idle, opener("orders_migration")):
+        assert store.pipelines() == ["orders-archive"]
+
+
 def test_delete(opener: Opener) -> None:
     store = opener("orders_migration")
     store.put("a.ckpt", b"1")
@@ -243,6 +262,20 @@ def test_directory_leftover_temp_files_are_never_listed_and_cleared_on_open(
     assert not crashed.exists() and not remote_old.exists()
     assert writing.exists() and remote_new.exists()  # someone may still be writing those
     assert DirectoryStore(tmp_path, "p").list() == ["a.ckpt"]
+
+
+def test_directory_pipelines_skip_what_is_not_a_checkpoint(tmp_path: Path) -> None:
+    store = DirectoryStore(tmp_path, "p")
+    store.put("a.ckpt", b"x")
+    (tmp_path / "only-temp").mkdir()
+    (tmp_path / "only-temp" / f".tmp-4242-{_host_tag()}-00000000-a.ckpt").write_bytes(b"half")
+    (tmp_path / "only-a-folder" / "notes").mkdir(parents=True)
+    (tmp_path / "only-strays").mkdir()
+    (tmp_path / "only-strays" / ".DS_Store").write_bytes(b"")
+    (tmp_path / "not a pipeline").mkdir()
+    (tmp_path / "not a pipeline" / "a.ckpt").write_bytes(b"x")
+    (tmp_path / "a-file").write_bytes(b"not a directory")
+    assert store.pipelines() == ["p"]
 
 
 def test_directory_put_is_atomic_when_the_rename_fails(

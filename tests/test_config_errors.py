@@ -138,8 +138,8 @@ def test_unknown_key_inside_a_stream_is_named_with_its_path(
 def test_designed_but_unsupported_key_says_so(
     tmp_path: Path, items: Database, dest: Database
 ) -> None:
-    path = write_pipeline(tmp_path, items.url, dest.url, checkpoints={"every_records": 1000})
-    err = assert_usage_error(run_cli(path), "'checkpoints'")
+    path = write_pipeline(tmp_path, items.url, dest.url, verify={"mode": "full"})
+    err = assert_usage_error(run_cli(path), "'verify'")
     assert "not supported by this version" in err
     assert tables(dest) == []
 

@@ -22,10 +22,16 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from milepost.checkpoints.clearing import clear_checkpoints
+from milepost.checkpoints.codec import generate_key
+from milepost.checkpoints.keeper import CheckpointKeeper, Listed
+from milepost.checkpoints.on_demand import create_checkpoint
 from milepost.config import load_pipeline
 from milepost.errors import EXIT_FAILED, EXIT_PAUSED, MilepostError
 from milepost.pause import request_pause
 from milepost.progress import JsonLines, PlainLines, RichProgress, quiet
+from milepost.rewind import restore
+from milepost.rewind import rollback as rollback_to
 from milepost.runner import Runner
 from milepost.status import pipeline_status
 
@@ -203,6 +209,165 @@ def status(
                 s["transfer"] or "",
             )
         out.print(table)
+
+
+checkpoints_app = typer.Typer(
+    no_args_is_help=True,
+    rich_markup_mode=None,
+    help="List, show, create, restore and clear a pipeline's checkpoints.",
+)
+app.add_typer(checkpoints_app, name="checkpoints")
+CHECKPOINT_ID = typer.Argument(..., help="A checkpoint id, as listed.", show_default=False)
+
+
+@checkpoints_app.command("list")
+@reported
+def checkpoints_list(
+    pipeline: Path = PIPELINE,
+    as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
+) -> None:
+    """Every checkpoint of PIPELINE in its store, oldest first; unreadable ones say why."""
+    keeper = CheckpointKeeper(load_pipeline(pipeline))
+    entries = keeper.list()
+    if as_json:
+        out.print_json(json.dumps([_listed(e) for e in entries]))
+        return
+    if not entries:
+        out.print(f"No checkpoints in {keeper.location}.", markup=False)
+        return
+    # One line each, id first: it is what an operator copies into `restore` or `rollback`,
+    # and a table squeezed into 80 columns would cut it.
+    for e in entries:
+        cp = e.checkpoint
+        if cp is None:
+            out.print(f"{e.id}  unreadable: {e.problem}", markup=False)
+            continue
+        out.print(
+            f"{cp.id}  {cp.kind:<12} {cp.status:<10} {cp.position.phase:<8} "
+            f"{cp.position.rows_done:>12,} rows" + (f"  {cp.reason}" if cp.reason else ""),
+            markup=False,
+        )
+
+
+@checkpoints_app.command("show")
+@reported
+def checkpoints_show(
+    pipeline: Path = PIPELINE,
+    checkpoint_id: str = CHECKPOINT_ID,
+    as_json: bool = typer.Option(False, "--json", help="Print the whole document as JSON."),
+) -> None:
+    """One checkpoint: where the run stood, every stream, and its audit trail."""
+    cp = CheckpointKeeper(load_pipeline(pipeline)).load(checkpoint_id)
+    if as_json:
+        out.print_json(json.dumps(cp.to_document()))
+        return
+    pos = cp.position
+    out.print(
+        f"{cp.id}: {cp.kind}, {cp.status}, taken {cp.created_at:%Y-%m-%d %H:%M:%S} UTC "
+        f"of run {cp.run_id}",
+        markup=False,
+    )
+    if cp.reason:
+        out.print(f"reason: {cp.reason}", markup=False)
+    where = f"phase {pos.phase}, {pos.rows_done:,} rows"
+    if pos.stream is not None:
+        where += f"; at stream {pos.stream}, chunk {pos.chunk}, batch {pos.batch}"
+    out.print(where, markup=False)
+    errors = cp.errors
+    out.print(
+        f"errors {errors.error_count}, rows set aside {errors.rows_set_aside}, "
+        f"retries {errors.retries}",
+        markup=False,
+    )
+    if cp.streams:
+        table = Table("stream", "state", "rows", "rows (estimate)", "chunks done")
+        for s in cp.streams:
+            table.add_row(
+                s.name,
+                s.state,
+                f"{s.rows_done:,}",
+                f"{s.rows_total:,}" if s.rows_total is not None else "?",
+                f"{sum(c.status == 'done' for c in s.chunks)}/{len(s.chunks)}",
+            )
+        out.print(table)
+    out.print("audit trail:", markup=False)
+    for entry in cp.audit:
+        detail = f": {entry.detail}" if entry.detail else ""
+        out.print(f"  {entry.at:%Y-%m-%d %H:%M:%S} {entry.action}{detail}", markup=False)
+
+
+@checkpoints_app.command("create")
+@reported
+def checkpoints_create(
+    pipeline: Path = PIPELINE,
+    reason: str | None = typer.Option(None, help="Why, kept with the checkpoint."),
+    timeout: float = typer.Option(120.0, min=1, help="How long to wait for a running run."),
+) -> None:
+    """A checkpoint now: of the idle run, or taken by the running one after its batch."""
+    out.print(create_checkpoint(load_pipeline(pipeline), reason, timeout_s=timeout))
+
+
+@checkpoints_app.command("restore")
+@reported
+def checkpoints_restore(pipeline: Path = PIPELINE, checkpoint_id: str = CHECKPOINT_ID) -> None:
+    """Rewind the run to a checkpoint: rows written after it are removed; `run` continues."""
+    done = restore(load_pipeline(pipeline), checkpoint_id)
+    out.print(
+        f"Restored to {done.checkpoint.id}: {done.rows_removed:,} destination rows written "
+        f"after it removed. `milepost run {pipeline}` continues from there.",
+        markup=False,
+    )
+
+
+@checkpoints_app.command("clear")
+@reported
+def checkpoints_clear(
+    pipeline: Path = PIPELINE,
+    every_pipeline: bool = typer.Option(
+        False, "--all", help="Every pipeline's checkpoints in this store, the current runs' too."
+    ),
+) -> None:
+    """Remove the checkpoints of finished runs (and their backups); --all: every one."""
+    cleared = clear_checkpoints(load_pipeline(pipeline), every_pipeline=every_pipeline)
+    out.print(cleared, markup=False)
+
+
+@checkpoints_app.command("keygen")
+@reported
+def checkpoints_keygen() -> None:
+    """Print a fresh AES-256 key (64 hex digits) for `checkpoints.encrypt`."""
+    out.print(generate_key())
+
+
+@app.command()
+@reported
+def rollback(
+    pipeline: Path = PIPELINE,
+    to: str = typer.Option(..., "--to", help="The before_risky checkpoint to go back to."),
+) -> None:
+    """Undo a risky step (write: replace, --fresh): put the emptied tables back."""
+    done = rollback_to(load_pipeline(pipeline), to)
+    out.print(
+        f"Rolled back to {done.checkpoint.id}: {', '.join(done.tables_restored)} restored from "
+        "their backups, and the ledger as it was then.",
+        markup=False,
+    )
+
+
+def _listed(entry: Listed) -> dict[str, Any]:
+    cp = entry.checkpoint
+    if cp is None:
+        return {"id": entry.id, "status": "unreadable", "problem": entry.problem}
+    return {
+        "id": cp.id,
+        "run_id": cp.run_id,
+        "kind": cp.kind,
+        "status": cp.status,
+        "created_at": cp.created_at.isoformat(),
+        "phase": cp.position.phase,
+        "rows_done": cp.position.rows_done,
+        "reason": cp.reason,
+    }
 
 
 @app.command()

@@ -18,16 +18,15 @@ import httpx
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
 
+from milepost.checkpoints.settings import CheckpointSettings
 from milepost.errors import ConfigError
 from milepost.urls import DatabaseUrl, parse_database_url
 
 # Keys from DESIGN.md that this version does not carry out yet. Naming them in the error
 # is kinder than "unknown key", and refusing them is safer than ignoring them.
 _NOT_YET = {
-    "checkpoints": "checkpoints",
     "query": "query streams",
     "mode": "incremental mode",
-    "write": "write modes",
     "verify": "the verify phase settings",
 }
 
@@ -58,6 +57,16 @@ class StreamConfig(_Strict):
     name: str | None = Field(default=None, min_length=1)
     cursor: list[str] | None = None
     where: str | None = None
+    # append: add to what the destination table holds (refused on a fresh run if it holds
+    # rows); replace: a fresh run backs the table up, then empties it (a risky operation).
+    write: Literal["append", "replace"] = "append"
+
+    @field_validator("write", mode="before")
+    @classmethod
+    def _upsert_not_yet(cls, value: Any) -> Any:
+        if value == "upsert":
+            raise ValueError("write: upsert is not supported by this version")
+        return value
 
     @field_validator("cursor", mode="before")
     @classmethod
@@ -108,6 +117,14 @@ class Pipeline(_Strict):
     on_row_error: Literal["fail", "skip"] = "fail"
     # POSTed a JSON alert when a run gives up retrying; may carry a token, so never shown.
     alert_webhook: SecretStr | None = None
+    checkpoints: CheckpointSettings = Field(default_factory=CheckpointSettings)
+
+    @field_validator("name")
+    @classmethod
+    def _not_only_dots(cls, value: str) -> str:
+        if set(value) == {"."}:
+            raise ValueError("a name of dots only would be a directory, not a pipeline")
+        return value
 
     @field_validator("alert_webhook")
     @classmethod
@@ -153,6 +170,9 @@ class Pipeline(_Strict):
                     "target": s.target,
                     "cursor": s.cursor,
                     "where": s.where,
+                    # Only when not the default, so pipelines from before write modes
+                    # keep their fingerprint and resume.
+                    **({"write": s.write} if s.write != "append" else {}),
                 }
                 for s in self.streams
             ],
@@ -190,9 +210,21 @@ def load_pipeline(path: str | Path, env: dict[str, str] | None = None) -> Pipeli
         raise ConfigError(f"{path}: {problem}{where}.") from None
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: expected a mapping with name, source, destination, streams.")
-    return build_pipeline(
-        _interpolate(raw, env if env is not None else dict(os.environ), path), origin=str(path)
-    )
+    data = _interpolate(raw, env if env is not None else dict(os.environ), path)
+    _store_beside_the_file(data, path)
+    return build_pipeline(data, origin=str(path))
+
+
+def _store_beside_the_file(data: dict[str, Any], path: Path) -> None:
+    """A relative checkpoint directory is relative to the pipeline file, not to wherever
+    milepost happens to be started from: the next run (from cron, from another shell)
+    must find the same checkpoints."""
+    section = data.get("checkpoints", {})
+    if not isinstance(section, dict):
+        return
+    store = section.get("store", CheckpointSettings.model_fields["store"].default)
+    if isinstance(store, str) and "://" not in store and not Path(store).is_absolute():
+        data["checkpoints"] = {**section, "store": str(path.resolve().parent / store)}
 
 
 def build_pipeline(data: dict[str, Any], *, origin: str = "pipeline") -> Pipeline:

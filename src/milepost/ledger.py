@@ -48,6 +48,10 @@ RUNS = sa.Table(
     sa.Column("message", sa.Text),
     # Set by `milepost pause` from anywhere; the runner stops after its batches in flight.
     sa.Column("pause_requested", sa.Double),
+    # `milepost checkpoints create` against a running run: the request (JSON: token,
+    # reason) and the runner's answer (JSON: token, id or error).
+    sa.Column("checkpoint_request", sa.Text),
+    sa.Column("checkpoint_answer", sa.Text),
 )
 STREAMS = sa.Table(
     "_milepost_streams",
@@ -58,6 +62,10 @@ STREAMS = sa.Table(
     sa.Column("cursor_columns", sa.Text, nullable=False),
     sa.Column("rows_estimate", sa.BigInteger),
     sa.Column("transfer", sa.String(32)),
+    # The source's smallest and largest cursor when the plan was made: resume compares
+    # them with the source's now, to notice a truncated or trimmed table.
+    sa.Column("min_cursor", sa.Text),
+    sa.Column("max_cursor", sa.Text),
 )
 CHUNKS = sa.Table(
     "_milepost_chunks",
@@ -73,6 +81,17 @@ CHUNKS = sa.Table(
     sa.Column("status", sa.String(16), nullable=False),
     sa.Column("updated_at", sa.Double, nullable=False),
     sa.Column("rows_rejected", sa.BigInteger, nullable=False, server_default="0"),
+)
+# Copies of destination tables taken before a risky operation (milepost/backup.py).
+BACKUPS = sa.Table(
+    "_milepost_backups",
+    _meta,
+    sa.Column("pipeline", sa.String(100), primary_key=True),
+    sa.Column("backup_name", sa.String(64), primary_key=True),
+    sa.Column("checkpoint_id", sa.String(64), nullable=False),
+    sa.Column("table_name", sa.String(255), nullable=False),
+    sa.Column("rows_saved", sa.BigInteger, nullable=False),
+    sa.Column("created_at", sa.Double, nullable=False),
 )
 # Rows the destination refused under `on_row_error: skip`, each with its reason. They are
 # written in the transaction of the batch they belong to, so they too exist exactly once.
@@ -106,6 +125,8 @@ class RunRow:
     updated_at: float
     message: str | None
     pause_requested: float | None = None
+    checkpoint_request: str | None = None
+    checkpoint_answer: str | None = None
 
 
 @dataclass
@@ -132,8 +153,12 @@ class Lease:
     token: str
 
 
-def _sql(conn: Any, text: str) -> str:
+def portable_sql(conn: Any, text: str) -> str:
+    """A statement written with %s placeholders, in the connection's own style."""
     return text.replace("%s", "?") if conn.placeholder == "?" else text
+
+
+_sql = portable_sql
 
 
 def ensure_tables(conn: Any) -> None:
@@ -201,14 +226,25 @@ def _chunk(row: tuple[Any, ...]) -> ChunkRow:
     )
 
 
-def read_streams(conn: Any, pipeline: str) -> list[tuple[str, int, int | None, str | None]]:
+@dataclass
+class StreamRow:
+    stream: str
+    position: int
+    cursor: list[str]
+    rows_estimate: int | None
+    transfer: str | None
+    min_cursor: Key | None = None
+    max_cursor: Key | None = None
+
+
+def read_streams(conn: Any, pipeline: str) -> list[StreamRow]:
     return [
-        (s, int(p), None if e is None else int(e), t)
-        for s, p, e, t in conn.query(
+        StreamRow(s, int(p), json.loads(c), None if e is None else int(e), t, *map(decode_key, mm))
+        for s, p, c, e, t, *mm in conn.query(
             _sql(
                 conn,
-                "SELECT stream, position, rows_estimate, transfer FROM _milepost_streams "
-                "WHERE pipeline = %s ORDER BY position",
+                "SELECT stream, position, cursor_columns, rows_estimate, transfer, min_cursor, "
+                "max_cursor FROM _milepost_streams WHERE pipeline = %s ORDER BY position",
             ),
             [pipeline],
         )
@@ -363,11 +399,20 @@ def request_pause(conn: Any, pipeline: str) -> bool:
     return n == 1
 
 
-def pause_requested(conn: Any, lease: Lease) -> bool:
+@dataclass(frozen=True)
+class Requests:
+    """What others asked of the running run through the ledger."""
+
+    pause: bool
+    checkpoint: str | None  # JSON {"token", "reason"} from `milepost checkpoints create`
+
+
+def read_requests(conn: Any, lease: Lease) -> Requests:
     rows = conn.query(
         _sql(
             conn,
-            "SELECT pause_requested FROM _milepost_runs WHERE pipeline = %s AND lease_token = %s",
+            "SELECT pause_requested, checkpoint_request FROM _milepost_runs "
+            "WHERE pipeline = %s AND lease_token = %s",
         ),
         [lease.pipeline, lease.token],
     )
@@ -376,7 +421,34 @@ def pause_requested(conn: Any, lease: Lease) -> bool:
     conn.raw.commit()
     if not rows:
         raise LeaseLost(f"Pipeline '{lease.pipeline}': another runner took over the lease.")
-    return rows[0][0] is not None
+    return Requests(rows[0][0] is not None, rows[0][1])
+
+
+def request_checkpoint(conn: Any, pipeline: str, request: str) -> bool:
+    """Ask the running run for a checkpoint; False when no runner holds the lease."""
+    with conn.transaction():
+        n = conn.execute(
+            _sql(
+                conn,
+                "UPDATE _milepost_runs SET checkpoint_request = %s, checkpoint_answer = NULL "
+                "WHERE pipeline = %s AND lease_token IS NOT NULL",
+            ),
+            [request, pipeline],
+        )
+    return n == 1
+
+
+def answer_checkpoint(conn: Any, lease: Lease, answer: str) -> None:
+    """The runner's answer to a checkpoint request; the request is consumed with it."""
+    with conn.transaction():
+        conn.execute(
+            _sql(
+                conn,
+                "UPDATE _milepost_runs SET checkpoint_request = NULL, checkpoint_answer = %s "
+                "WHERE pipeline = %s AND lease_token = %s",
+            ),
+            [answer, lease.pipeline, lease.token],
+        )
 
 
 def release(conn: Any, lease: Lease, status: str, message: str | None = None) -> None:
@@ -439,16 +511,27 @@ def record_stream(
     position: int,
     cursor: list[str],
     rows_estimate: int | None,
-    transfer: str,
+    transfer: str | None,
     chunks: list[tuple[int, Key | None, Key | None]],
+    bounds: tuple[Key | None, Key | None] = (None, None),
 ) -> None:
     conn.execute(
         _sql(
             conn,
             "INSERT INTO _milepost_streams (pipeline, stream, position, cursor_columns, "
-            "rows_estimate, transfer) VALUES (%s, %s, %s, %s, %s, %s)",
+            "rows_estimate, transfer, min_cursor, max_cursor) "
+            "VALUES (%s, %s, %s, %s, %s, %s, %s, %s)",
         ),
-        [pipeline, stream, position, json.dumps(cursor), rows_estimate, transfer],
+        [
+            pipeline,
+            stream,
+            position,
+            json.dumps(cursor),
+            rows_estimate,
+            transfer,
+            encode_key(bounds[0]),
+            encode_key(bounds[1]),
+        ],
     )
     now = time.time()
     for index, lo, hi in chunks:
@@ -524,3 +607,65 @@ def record_rejected(
             ),
             [pipeline, stream, chunk, cursor_value, row_data, reason, now],
         )
+
+
+# --- going back (milepost/rewind.py) ----------------------------------------------------
+
+
+def set_chunk(conn: Any, pipeline: str, chunk: ChunkRow) -> None:
+    """Put a chunk's progress back as a checkpoint recorded it (restore, rollback)."""
+    conn.execute(
+        _sql(
+            conn,
+            "UPDATE _milepost_chunks SET watermark = %s, rows_written = %s, batches = %s, "
+            "status = %s, rows_rejected = %s, updated_at = %s "
+            "WHERE pipeline = %s AND stream = %s AND chunk = %s",
+        ),
+        [
+            encode_key(chunk.watermark),
+            chunk.rows_written,
+            chunk.batches,
+            chunk.status,
+            chunk.rows_rejected,
+            time.time(),
+            pipeline,
+            chunk.stream,
+            chunk.index,
+        ],
+    )
+
+
+def rejected_keys(conn: Any, pipeline: str, stream: str, chunk: int) -> list[tuple[int, Key]]:
+    """(id, cursor value) of the rows set aside in one chunk."""
+    rows = conn.query(
+        _sql(
+            conn,
+            "SELECT id, cursor_value FROM _milepost_rejected_rows "
+            "WHERE pipeline = %s AND stream = %s AND chunk = %s",
+        ),
+        [pipeline, stream, chunk],
+    )
+    return [(int(i), decode_key(c) or ()) for i, c in rows]
+
+
+def forget_rejected(conn: Any, ids: list[int]) -> None:
+    for i in ids:
+        conn.execute(_sql(conn, "DELETE FROM _milepost_rejected_rows WHERE id = %s"), [i])
+
+
+def restart_stream(conn: Any, pipeline: str, stream: str) -> None:
+    """Every chunk of a stream back to not started, its set-aside rows forgotten: the
+    stream is copied again from the start (its destination rows are the caller's)."""
+    conn.execute(
+        _sql(
+            conn,
+            "UPDATE _milepost_chunks SET watermark = NULL, rows_written = 0, batches = 0, "
+            "status = 'pending', rows_rejected = 0, updated_at = %s "
+            "WHERE pipeline = %s AND stream = %s",
+        ),
+        [time.time(), pipeline, stream],
+    )
+    conn.execute(
+        _sql(conn, "DELETE FROM _milepost_rejected_rows WHERE pipeline = %s AND stream = %s"),
+        [pipeline, stream],
+    )

@@ -21,8 +21,11 @@ import uuid
 from dataclasses import dataclass
 from typing import Any
 
-from milepost import connectors, ledger, recovery, schema, transfer
+from milepost import backup, connectors, ledger, recovery, schema, transfer
 from milepost.alerts import send_alert
+from milepost.checkpoints.keeper import CheckpointKeeper
+from milepost.checkpoints.model import Kind
+from milepost.checkpoints.triggers import RunCheckpoints
 from milepost.config import Pipeline
 from milepost.copier import BatchDone, copy_chunk
 from milepost.crash import crash_point
@@ -35,6 +38,7 @@ from milepost.errors import (
     RetriesExhausted,
 )
 from milepost.events import Event, Listener, ignore
+from milepost.keyset import RangeFilter
 from milepost.plan import foreign_key_order, plan_chunks
 from milepost.retry import RetryPolicy
 
@@ -58,11 +62,16 @@ class Runner:
     ) -> None:
         self.pipeline = pipeline
         self.fresh = fresh
-        self.emit = on_event
         self.origin = origin  # the pipeline file, to tell an operator how to resume
         self.stop = threading.Event()
         self.stop_reason = "stopped on request"
-        self.retry = RetryPolicy(pipeline.retry, self.stop, on_event)
+        self.retries = 0
+        self.emit = self._counting_retries(on_event)
+        self.retry = RetryPolicy(pipeline.retry, self.stop, self.emit)
+        self.keeper = CheckpointKeeper(pipeline, self.emit)
+        self.checkpoints = RunCheckpoints(
+            pipeline, self.keeper, self.emit, lambda: (self.retries, len(self._errors))
+        )
         self._errors: list[BaseException] = []
         self._wrote = False
         self._lock = threading.Lock()
@@ -70,6 +79,14 @@ class Runner:
         self._rows_total: dict[str, int | None] = {}
         self._lease: ledger.Lease | None = None  # held across retries of the whole run
         self._run_id = ""
+
+    def _counting_retries(self, listener: Listener) -> Listener:
+        def emit(event: Event) -> None:
+            if event.kind == "retry":
+                self.retries += 1
+            listener(event)
+
+        return emit
 
     def request_stop(self, reason: str = "stopped on request") -> None:
         """Finish the batches in flight, record them, and stop (SIGINT/SIGTERM, pause)."""
@@ -135,6 +152,7 @@ class Runner:
             ledger.ensure_tables(dst)  # a ledger from an older milepost gains its new columns
             recorded = ledger.read_run(dst, p.name)
         self._preflight(recovery.decide(recorded, fingerprint, fresh=self.fresh), plans)
+        self.keeper.open()  # a missing key or a bad store is bad input: before any write
 
         self._wrote = True
         ledger.ensure_tables(dst)
@@ -142,6 +160,7 @@ class Runner:
         self._lease = lease
         heartbeat = _Heartbeat(p, lease, self)
         heartbeat.start()
+        self.checkpoints.start(lease)
         status, message, keep_lease = "failed", None, False
         try:
             if takeover:
@@ -163,10 +182,13 @@ class Runner:
                 self._schema_phase(src, dst, lease, run_id, fingerprint, plans)
                 # Emptied once; a retry of this run resumes what it has copied since.
                 self.fresh = False
+                self.checkpoints.at(dst, "phase", "schema phase done")
                 phase = "copy"
             else:
                 with dst.transaction():
                     ledger.set_state(dst, lease, status="running")
+                if phase == "copy" and before is not None:
+                    self._check_resume(src, dst, before, plans)
             if phase == "copy":
                 self._copy_phase(dst, lease, plans)
                 if self.stop.is_set() or self._errors:
@@ -174,6 +196,7 @@ class Runner:
                     self._raise_stopped()
                 with dst.transaction():
                     ledger.set_state(dst, lease, phase="finalize")
+                self.checkpoints.at(dst, "phase", "copy phase done")
                 phase = "finalize"
             self.emit(Event("phase", text="finalize"))
             added = schema.add_foreign_keys(dst, plans)
@@ -181,27 +204,142 @@ class Runner:
                 self.emit(Event("message", text=f"added {added} foreign key constraint(s)"))
             crash_point("finalize.before_done")
             with dst.transaction():
+                if dst.family == "postgresql":
+                    # Batches commit asynchronously (connectors/postgres.py), so a server crash
+                    # may take the last of them back. This commit waits for the WAL to reach
+                    # disk, and with it every batch before it: "done" is never reported of a
+                    # copy that a crash could still undo.
+                    dst.execute("SET LOCAL synchronous_commit = on")
                 ledger.set_state(dst, lease, phase="done", status="done")
             status = "done"
             self._lease = None
+            self._after_success(dst, run_id)
             total = sum(self._rows_done.values())
             self.emit(Event("finished", rows_done=total, text=f"run {run_id} complete"))
             return RunResult(run_id, "done", total, resumed)
         except (Paused, RetriesExhausted) as exc:
             status, message = "paused", str(exc)
+            kind: Kind = "pause" if isinstance(exc, Paused) else "failure"
+            self.checkpoints.at(dst, kind, exc.message)
             raise
         except BaseException as exc:
             message = str(exc) or type(exc).__name__
             # Coming back for it: the retry keeps the lease, so no one else starts meanwhile.
             keep_lease = connectors.transient_reason(exc) is not None
+            if not keep_lease and self._run_id:
+                self.checkpoints.at(dst, "failure", _first_line(message))
             raise
         finally:
             heartbeat.finish()
+            self.checkpoints.finish()
             if not keep_lease:
                 self._lease = None
                 # The destination may be what failed; the lease then lapses by itself.
                 with contextlib.suppress(Exception):
                     ledger.release(dst, lease, status, message)
+
+    def _check_resume(
+        self, src: Any, dst: Any, before: ledger.RunRow, plans: list[schema.DestinationPlan]
+    ) -> None:
+        """Resume never trusts blindly: a stream whose source drifted since its rows were
+        copied is refused (--strict) or started over, with a warning that says why."""
+        p = self.pipeline
+        recorded = {s.stream: s for s in ledger.read_streams(dst, p.name)}
+        chunks = ledger.read_chunks(dst, p.name)
+        facts = []
+        for plan in plans:
+            name = plan.source.stream.target
+            mine = [c for c in chunks if c.stream == name]
+            if not mine or all(c.status == "done" for c in mine):
+                continue
+            written = sum(c.rows_written for c in mine)
+            table = src.qualified(plan.source.name, plan.source.stream.schema_)
+            where = RangeFilter(where=plan.source.stream.where)
+            low, _ = src.cursor_bounds(table, plan.source.cursor, where)
+            counted = None
+            estimate = src.estimate_rows(plan.source.name, plan.source.stream.schema_)
+            if estimate is not None and estimate < written // 2:
+                # Estimates go stale; count before calling it drift.
+                query, params = where.sql(src.keyset(plan.source.cursor))
+                counted = int(
+                    src.query(f"SELECT count(*) FROM {table} WHERE {query}", params)[0][0]
+                )
+            rec = recorded.get(name)
+            facts.append(
+                recovery.StreamFacts(
+                    name, written, rec.min_cursor if rec else None, low, low is None, counted
+                )
+            )
+        for drift in recovery.find_drift(facts):
+            if p.strict:
+                raise ResumeRefused(
+                    f"Stream '{drift.stream}': {drift.reason}.",
+                    hint="Without --strict, milepost warns and copies that stream again from "
+                    "the start.",
+                )
+            self.emit(
+                Event(
+                    "message",
+                    stream=drift.stream,
+                    text=f"warning: stream '{drift.stream}': {drift.reason}; copying it again "
+                    "from the start",
+                )
+            )
+            with dst.transaction():
+                dst.execute(f"DELETE FROM {dst.quote(drift.stream)}")
+                ledger.restart_stream(dst, p.name, drift.stream)
+        saved = before.updated_at
+        try:
+            latest = self.keeper.latest_good(before.run_id)
+            if latest is not None:
+                saved = latest.created_at.timestamp()
+        except Exception as exc:  # the ledger is the truth; checkpoints only inform here
+            self.emit(Event("message", text=f"checkpoints not read: {exc}"))
+        warning = recovery.age_warning(saved, time.time(), p.checkpoints.retention.max_age_hours)
+        if warning:
+            self.emit(Event("message", text=f"warning: {warning}"))
+
+    def _before_risky(self, dst: Any, run_id: str, plans: list[schema.DestinationPlan]) -> None:
+        """Emptying tables that hold rows is undoable: back them up and checkpoint first.
+        If either fails, nothing is emptied (unless `before_risky: false` says not to)."""
+        if not self.pipeline.checkpoints.before_risky:
+            return
+        names = [plan.table.name for plan in plans]
+        saved = backup.back_up(dst, names)
+        taken = self.checkpoints.at(
+            dst, "before_risky", f"before emptying {', '.join(names)}", run_id=run_id
+        )
+        assert taken is not None
+        backup.record(dst, self.pipeline.name, taken.id, saved)
+        for b in saved:
+            self.emit(
+                Event(
+                    "message",
+                    text=f"backed up {b.table} ({b.rows:,} rows) as {b.backup}; "
+                    f"`milepost rollback --to {taken.id}` puts it back",
+                )
+            )
+
+    def _after_success(self, dst: Any, run_id: str) -> None:
+        """A completed run keeps its checkpoints (and so its backups) only when asked to
+        (`keep_after_success`); otherwise both go, and it can no longer be rolled back."""
+        if self.pipeline.checkpoints.keep_after_success:
+            self.checkpoints.at(dst, "phase", "run complete")
+            return
+        try:
+            removed = self.keeper.clear(run_id)
+            dropped = backup.drop_orphans(dst, self.pipeline.name, self.keeper.ids())
+        except Exception as exc:
+            self.emit(Event("message", text=f"checkpoints of run {run_id} not removed: {exc}"))
+            return
+        if removed or dropped:
+            self.emit(
+                Event(
+                    "message",
+                    text=f"removed the {len(removed)} checkpoint(s) and {dropped} backup(s) "
+                    f"of run {run_id} (keep_after_success: false)",
+                )
+            )
 
     def _preflight(self, decision: recovery.Decision, plans: list[schema.DestinationPlan]) -> None:
         """Refuse before writing anything when the destination cannot take a fresh copy."""
@@ -221,7 +359,7 @@ class Runner:
                     )
         if decision.action == "fresh" and not self.fresh:
             for plan in plans:
-                if plan.rows_present:
+                if plan.rows_present and plan.source.stream.write != "replace":
                     raise ConfigError(
                         f"Stream '{plan.source.stream.target}': the destination table "
                         f"'{plan.table.name}' already holds rows, and no progress of this "
@@ -241,6 +379,13 @@ class Runner:
     ) -> None:
         p = self.pipeline
         self.emit(Event("phase", text="schema"))
+        to_empty = [
+            plan
+            for plan in plans
+            if plan.rows_present and (self.fresh or plan.source.stream.write == "replace")
+        ]
+        if to_empty:
+            self._before_risky(dst, run_id, to_empty)
         with dst.transaction():
             ledger.set_state(
                 dst,
@@ -252,12 +397,11 @@ class Runner:
                 message="",
             )
             ledger.reset_plan(dst, p.name)
-        if self.fresh:
-            for plan in plans:
-                if plan.exists:
-                    with dst.transaction():
-                        dst.execute(f"DELETE FROM {dst.quote(plan.table.name)}")
-                    self.emit(Event("message", text=f"emptied {plan.table.name} (--fresh)"))
+        for plan in to_empty:
+            with dst.transaction():
+                dst.execute(f"DELETE FROM {dst.quote(plan.table.name)}")
+            why = "--fresh" if self.fresh else "write: replace"
+            self.emit(Event("message", text=f"emptied {plan.table.name} ({why})"))
         created = schema.create_tables(dst, plans)
         for name in created:
             self.emit(Event("message", text=f"created table {name}"))
@@ -267,6 +411,9 @@ class Runner:
                 src_table = src.qualified(plan.source.name, plan.source.stream.schema_)
                 estimate = src.estimate_rows(plan.source.name, plan.source.stream.schema_)
                 chunks = plan_chunks(src, plan.source, src_table, estimate, p.batch_size)
+                bounds = src.cursor_bounds(
+                    src_table, plan.source.cursor, RangeFilter(where=plan.source.stream.where)
+                )
                 path = transfer.choose(src, dst, plan.source)
                 ledger.record_stream(
                     dst,
@@ -277,6 +424,7 @@ class Runner:
                     estimate,
                     path.name,
                     [(c.index, c.lo, c.hi) for c in chunks],
+                    bounds,
                 )
             ledger.set_state(dst, lease, phase="copy")
 
@@ -289,7 +437,7 @@ class Runner:
         self.emit(Event("phase", text="copy"))
         by_target = {plan.source.stream.target: plan.source for plan in plans}
         chunks = ledger.read_chunks(dst, p.name)
-        estimates = {s: e for s, _, e, _ in ledger.read_streams(dst, p.name)}
+        estimates = {s.stream: s.rows_estimate for s in ledger.read_streams(dst, p.name)}
         order = [plan.source.stream.target for plan in plans]
         for stream in order:
             mine = [c for c in chunks if c.stream == stream]
@@ -376,11 +524,14 @@ class Runner:
             self._on_batch(batch)
 
         def attempt() -> bool:
-            if conns.broken:
-                conns.close()
-                current[0] = self._reread(conns, chunk, known)
-            src, dst, path = conns.open(table)
+            # Everything here may meet a dead connection, reconnecting and choosing the
+            # transfer path (which asks both servers) included: any failure marks the
+            # connections broken, or the next attempt would reuse a closed one, and the next.
             try:
+                if conns.broken:
+                    conns.close()
+                    current[0] = self._reread(conns, chunk, known)
+                src, dst, path = conns.open(table)
                 return copy_chunk(
                     src,
                     dst,
@@ -417,6 +568,13 @@ class Runner:
             self._on_batch(
                 BatchDone(chunk.stream, chunk.index, extra, now.watermark, now.status == "done")
             )
+        elif now.batches < known["batches"]:
+            # A destination that crashed can lose commits it had acknowledged (PostgreSQL
+            # batches commit asynchronously): their rows went with their ledger rows, so they
+            # are simply copied again, and the count of rows done steps back to match.
+            with self._lock:
+                self._rows_done[chunk.stream] -= known["rows"] - now.rows_written
+            known.update(rows=now.rows_written, batches=now.batches)
         self.emit(
             Event(
                 "message",
@@ -432,6 +590,7 @@ class Runner:
         with self._lock:
             self._rows_done[batch.stream] += batch.rows
             done = self._rows_done[batch.stream]
+        self.checkpoints.after_batch(batch.rows)
         data: dict[str, Any] = {"chunk": batch.chunk, "chunk_done": batch.chunk_done}
         if batch.rejected:
             data["rejected"] = batch.rejected
@@ -520,8 +679,11 @@ class _Heartbeat(threading.Thread):
                 if time.monotonic() - last_beat >= ledger.HEARTBEAT_EVERY_S:
                     ledger.heartbeat(conn, self.lease)
                     last_beat = time.monotonic()
-                if ledger.pause_requested(conn, self.lease):
+                asked = ledger.read_requests(conn, self.lease)
+                if asked.pause:
                     self.runner.request_stop("paused by `milepost pause`")
+                if asked.checkpoint:
+                    self.runner.checkpoints.request_manual(asked.checkpoint)
             except LeaseLost as exc:
                 with self.runner._lock:
                     self.runner._errors.append(exc)
@@ -538,6 +700,10 @@ class _Heartbeat(threading.Thread):
     def finish(self) -> None:
         self._done.set()
         self.join(timeout=10)
+
+
+def _first_line(text: str) -> str:
+    return text.strip().splitlines()[0][:500] if text.strip() else ""
 
 
 def run(pipeline: Pipeline, *, fresh: bool = False, on_event: Listener = ignore) -> RunResult:

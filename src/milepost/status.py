@@ -24,7 +24,8 @@ def pipeline_status(pipeline: Pipeline) -> dict[str, Any]:
         now = time.time()
         chunks = ledger.read_chunks(dst, pipeline.name)
         streams = []
-        for name, _position, estimate, path in ledger.read_streams(dst, pipeline.name):
+        for row in ledger.read_streams(dst, pipeline.name):
+            name, estimate, path = row.stream, row.rows_estimate, row.transfer
             mine = [c for c in chunks if c.stream == name]
             done = sum(c.status == "done" for c in mine)
             streams.append(

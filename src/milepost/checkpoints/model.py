@@ -136,6 +136,7 @@ class StreamState(_Doc):
     """One stream: its progress, its chunks and its checksum so far."""
 
     name: str = Field(min_length=1)
+    cursor: list[str] | None = None  # its cursor columns, to rewrite the plan on rollback
     state: Annotated[Progress, BeforeValidator(_progress)] = "pending"
     rows_done: int = Field(default=0, ge=0)
     rows_total: int | None = Field(default=None, ge=0)

@@ -50,6 +50,10 @@ class Connection(Protocol):
         self, table: str, cursor: Sequence[str], rng: RangeFilter, batch_size: int
     ) -> tuple[Key | None, bool]: ...
 
+    def cursor_bounds(
+        self, table: str, cursor: Sequence[str], rng: RangeFilter
+    ) -> tuple[Key | None, Key | None]: ...
+
     def select_range(
         self,
         table: str,
@@ -197,6 +201,22 @@ class ConnectionBase:
             f"SELECT {cols} FROM {table} WHERE {where} ORDER BY {ks.order(True)} LIMIT 1", params
         )
         return (tuple(rows[0]), True) if rows else (None, True)
+
+    def cursor_bounds(
+        self, table: str, cursor: Sequence[str], rng: RangeFilter
+    ) -> tuple[Key | None, Key | None]:
+        """The smallest and largest key in `rng` (two index lookups), or (None, None)."""
+        ks = self.keyset(cursor)
+        where, params = rng.sql(ks)
+        cols = ", ".join(ks.columns)
+        ends = []
+        for descending in (False, True):
+            rows = self.query(
+                f"SELECT {cols} FROM {table} WHERE {where} ORDER BY {ks.order(descending)} LIMIT 1",
+                params,
+            )
+            ends.append(tuple(rows[0]) if rows else None)
+        return ends[0], ends[1]
 
     def select_range(
         self,

@@ -69,7 +69,7 @@ class PostgresConnection(ConnectionBase):
                 if started is None or started.status != pq.ExecStatus.COPY_OUT:
                     _drain(pgconn)
                     abandoned = False
-                    raise psycopg.errors.error_from_result(started, encoding)
+                    raise _copy_error(started, encoding)
                 pending = bytearray()
                 while True:
                     nbytes, data = pgconn.get_copy_data(1)
@@ -89,7 +89,7 @@ class PostgresConnection(ConnectionBase):
                 _drain(pgconn)
                 abandoned = False
                 if ended is None or ended.status != pq.ExecStatus.COMMAND_OK:
-                    raise psycopg.errors.error_from_result(ended, encoding)
+                    raise _copy_error(ended, encoding)
         finally:
             if abandoned:
                 # Left in the middle of a COPY (the destination refused the batch, or we
@@ -171,6 +171,20 @@ def connect(url: DatabaseUrl, role: str) -> PostgresConnection:
         raw.execute("SET synchronous_commit = off")
         raw.commit()
     return PostgresConnection(url, role, raw)
+
+
+def _copy_error(result: pq.abc.PGresult | None, encoding: str) -> psycopg.Error:
+    """The error a COPY result reports. One without a SQLSTATE is libpq's own ("server closed
+    the connection unexpectedly" when the server crashed or shut down mid-COPY), which
+    psycopg's error_from_result makes a bare DatabaseError; psycopg itself raises
+    OperationalError for a broken connection everywhere else, and so does this, so that
+    `transient_reason` sees a lost connection and the copy is retried rather than failed."""
+    if result is None:
+        return psycopg.OperationalError("the server sent no result for the COPY")
+    error = psycopg.errors.error_from_result(result, encoding)
+    if error.sqlstate is None:
+        return psycopg.OperationalError(str(error))
+    return error
 
 
 def _discard_copy(pgconn: pq.abc.PGconn) -> None:

@@ -4,7 +4,8 @@ A store knows nothing about checkpoints: it keeps bytes under names. The codec
 checks every document it reads, so a store only has to be atomic per name (a reader
 sees the old bytes or the new, never a mix) and to list what it holds. A store is
 opened for one pipeline; two pipelines sharing a directory, bucket or database never
-see each other's names.
+see each other's names, only each other's pipeline names (`pipelines`), so that
+`milepost checkpoints clear --all` can reach every pipeline kept there.
 
 Names are restricted to letters, digits, '.', '_' and '-', starting with a letter or
 digit, up to 200 characters: safe as a file name, an object key and a SQL value
@@ -43,6 +44,10 @@ class CheckpointStore(Protocol):
         """Every name in this pipeline's namespace, sorted."""
         ...
 
+    def pipelines(self) -> list[str]:
+        """Every pipeline with a checkpoint in this directory, file, database or URL, sorted."""
+        ...
+
     def delete(self, name: str) -> None:
         """Remove `name`; removing a name that is not there is not an error."""
         ...
@@ -53,11 +58,11 @@ class CheckpointStore(Protocol):
 
 
 def is_valid_name(name: str) -> bool:
-    return bool(_NAME.match(name))
+    return bool(_NAME.fullmatch(name))
 
 
 def check_name(name: str) -> str:
-    if not isinstance(name, str) or not _NAME.match(name):
+    if not isinstance(name, str) or not _NAME.fullmatch(name):
         raise CheckpointNameError(
             f"{name!r} is not a checkpoint name.",
             hint="Checkpoint names are letters, digits, '.', '_' and '-', as "
@@ -66,9 +71,15 @@ def check_name(name: str) -> str:
     return name
 
 
-def check_pipeline(pipeline: str) -> str:
+def is_valid_pipeline(pipeline: str) -> bool:
     # The pipeline becomes a directory or key prefix: '.' and '..' would escape it.
-    if not isinstance(pipeline, str) or not _PIPELINE.match(pipeline) or set(pipeline) == {"."}:
+    return (
+        isinstance(pipeline, str) and bool(_PIPELINE.fullmatch(pipeline)) and set(pipeline) != {"."}
+    )
+
+
+def check_pipeline(pipeline: str) -> str:
+    if not is_valid_pipeline(pipeline):
         raise CheckpointNameError(
             f"{pipeline!r} cannot name a pipeline's checkpoints.",
             hint="A pipeline name is letters, digits, '_', '.' and '-', and not '.' or '..'.",

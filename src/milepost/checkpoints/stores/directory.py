@@ -28,7 +28,12 @@ from pathlib import Path
 import psutil
 
 from milepost.checkpoints.errors import CheckpointNotFound, CheckpointStoreError
-from milepost.checkpoints.stores.base import check_name, check_pipeline, is_valid_name
+from milepost.checkpoints.stores.base import (
+    check_name,
+    check_pipeline,
+    is_valid_name,
+    is_valid_pipeline,
+)
 
 STALE_AFTER_S = 3600.0
 _TEMP = re.compile(r"^\.tmp-(\d+)-([0-9a-f]{8})-[0-9a-f]{8}-")
@@ -92,13 +97,22 @@ class DirectoryStore:
             raise self._error("read", name, exc) from None
 
     def list(self) -> list[str]:
+        return self._names_in(self.path)
+
+    def pipelines(self) -> list[str]:
+        # Every subdirectory of the root that holds a checkpoint: a pipeline whose last
+        # checkpoint was deleted leaves its directory behind, and that must not count.
         try:
-            entries = list(os.scandir(self.path))
+            entries = list(os.scandir(self.root))
         except FileNotFoundError:
             return []
         except OSError as exc:
-            raise self._error("listed", "", exc) from None
-        return sorted(e.name for e in entries if is_valid_name(e.name) and e.is_file())
+            raise self._error("listed", "", exc, self.root) from None
+        return sorted(
+            e.name
+            for e in entries
+            if is_valid_pipeline(e.name) and e.is_dir() and self._names_in(Path(e.path))
+        )
 
     def delete(self, name: str) -> None:
         try:
@@ -136,6 +150,16 @@ class DirectoryStore:
                 removed.append(entry.name)
         return removed
 
+    def _names_in(self, directory: Path) -> list[str]:
+        """The checkpoint names in `directory`, sorted: temp and stray files are not."""
+        try:
+            entries = list(os.scandir(directory))
+        except FileNotFoundError:
+            return []  # e.g. a pipeline directory removed while the root was listed
+        except OSError as exc:
+            raise self._error("listed", "", exc, directory) from None
+        return sorted(e.name for e in entries if is_valid_name(e.name) and e.is_file())
+
     def _sync_directory(self) -> None:
         if not hasattr(os, "O_DIRECTORY"):  # Windows cannot fsync a directory
             return
@@ -145,8 +169,11 @@ class DirectoryStore:
         finally:
             os.close(fd)
 
-    def _error(self, verb: str, name: str, exc: OSError) -> CheckpointStoreError:
-        what = f"Checkpoint {name} in {self.path}" if name else f"The directory {self.path}"
+    def _error(
+        self, verb: str, name: str, exc: OSError, directory: Path | None = None
+    ) -> CheckpointStoreError:
+        directory = self.path if directory is None else directory
+        what = f"Checkpoint {name} in {directory}" if name else f"The directory {directory}"
         return CheckpointStoreError(
             f"{what} could not be {verb}: {exc.strerror or exc}.",
             hint="Check free space and permissions; the ledger keeps the run's progress.",

@@ -24,7 +24,12 @@ import fsspec
 
 from milepost.checkpoints.errors import CheckpointNotFound, CheckpointStoreError
 from milepost.checkpoints.redact import mask_url, redact_text
-from milepost.checkpoints.stores.base import check_name, check_pipeline, is_valid_name
+from milepost.checkpoints.stores.base import (
+    check_name,
+    check_pipeline,
+    is_valid_name,
+    is_valid_pipeline,
+)
 
 # Filesystems whose single write is atomic and visible only when complete.
 ATOMIC_PUT = {"s3", "s3a", "gs", "gcs", "az", "abfs", "abfss", "adl", "oss", "memory"}
@@ -49,7 +54,8 @@ class FsspecStore:
             raise self._error("opened", exc) from None
         protocols = self.fs.protocol if isinstance(self.fs.protocol, tuple) else (self.fs.protocol,)
         self._atomic = any(p in ATOMIC_PUT for p in protocols)
-        self.prefix = f"{root.rstrip('/')}/{pipeline}"
+        self.root = root.rstrip("/")
+        self.prefix = f"{self.root}/{pipeline}"
 
     @property
     def location(self) -> str:
@@ -88,19 +94,17 @@ class FsspecStore:
             raise self._error("read", exc, name) from None
 
     def list(self) -> list[str]:
-        try:
-            self.fs.invalidate_cache(self.prefix)
-            entries = self.fs.ls(self.prefix, detail=True)
-        except FileNotFoundError:
-            return []
-        except Exception as exc:
-            raise self._error("listed", exc) from None
-        names = []
-        for entry in entries:
-            name = entry["name"].rstrip("/").rsplit("/", 1)[-1]
-            if entry.get("type") == "file" and is_valid_name(name):
-                names.append(name)
-        return sorted(names)
+        return self._names_under(self.prefix)
+
+    def pipelines(self) -> list[str]:
+        # Every folder under the root that holds a checkpoint: a filesystem with real
+        # directories keeps a pipeline's folder after its last checkpoint is deleted.
+        candidates = [
+            name
+            for name, kind in self._entries_under(self.root or "/")
+            if kind == "directory" and is_valid_pipeline(name)
+        ]
+        return sorted(p for p in candidates if self._names_under(f"{self.root}/{p}"))
 
     def delete(self, name: str) -> None:
         path = f"{self.prefix}/{check_name(name)}"
@@ -121,6 +125,28 @@ class FsspecStore:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+    def _names_under(self, prefix: str) -> list[str]:
+        """The checkpoint names in the folder `prefix`, sorted: temp and stray objects are not."""
+        return sorted(
+            name
+            for name, kind in self._entries_under(prefix)
+            if kind == "file" and is_valid_name(name)
+        )
+
+    def _entries_under(self, prefix: str) -> list[tuple[str, str]]:
+        """(last path part, type) of what `prefix` holds, listed afresh, not from the cache."""
+        try:
+            self.fs.invalidate_cache(prefix)
+            entries = self.fs.ls(prefix, detail=True)
+        except FileNotFoundError:
+            return []
+        except Exception as exc:
+            raise self._error("listed", exc) from None
+        return [
+            (entry["name"].rstrip("/").rsplit("/", 1)[-1], entry.get("type", ""))
+            for entry in entries
+        ]
 
     def _error(self, verb: str, exc: Exception, name: str = "") -> CheckpointStoreError:
         what = f"Checkpoint {name} in {self.location}" if name else self.location

@@ -18,7 +18,12 @@ from sqlalchemy.engine import make_url
 
 from milepost.checkpoints.errors import CheckpointNotFound, CheckpointStoreError
 from milepost.checkpoints.redact import redact_text
-from milepost.checkpoints.stores.base import check_name, check_pipeline
+from milepost.checkpoints.stores.base import (
+    check_name,
+    check_pipeline,
+    is_valid_name,
+    is_valid_pipeline,
+)
 
 TABLE = "_milepost_checkpoints"
 _DDL = (
@@ -77,6 +82,12 @@ class PostgresStore:
     def list(self) -> list[str]:
         rows = self._run(f"SELECT name FROM {TABLE} WHERE pipeline = %s", (self.pipeline,))
         return sorted(r[0] for r in rows)  # in Python: a database collation may sort '-' oddly
+
+    def pipelines(self) -> list[str]:
+        # Names only, never the documents. Both are checked as a directory's entries are,
+        # so a row put there by hand under a name no store would use is not a pipeline.
+        rows = self._run(f"SELECT pipeline, name FROM {TABLE}", ())
+        return sorted({p for p, n in rows if is_valid_pipeline(p) and is_valid_name(n)})
 
     def delete(self, name: str) -> None:
         self._run(

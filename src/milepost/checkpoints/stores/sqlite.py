@@ -13,7 +13,12 @@ import time
 from pathlib import Path
 
 from milepost.checkpoints.errors import CheckpointNotFound, CheckpointStoreError
-from milepost.checkpoints.stores.base import check_name, check_pipeline
+from milepost.checkpoints.stores.base import (
+    check_name,
+    check_pipeline,
+    is_valid_name,
+    is_valid_pipeline,
+)
 
 TABLE = "_milepost_checkpoints"
 _DDL = (
@@ -66,6 +71,12 @@ class SqliteStore:
     def list(self) -> list[str]:
         rows = self._run(f"SELECT name FROM {TABLE} WHERE pipeline = ?", (self.pipeline,))
         return sorted(r[0] for r in rows)
+
+    def pipelines(self) -> list[str]:
+        # Names only, never the documents. Both are checked as a directory's entries are,
+        # so a row put there by hand under a name no store would use is not a pipeline.
+        rows = self._run(f"SELECT pipeline, name FROM {TABLE}", ())
+        return sorted({p for p, n in rows if is_valid_pipeline(p) and is_valid_name(n)})
 
     def delete(self, name: str) -> None:
         self._run(

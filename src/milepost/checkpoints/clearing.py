@@ -1,0 +1,70 @@
+"""`milepost checkpoints clear`: removing checkpoints by hand, and the backups they held.
+
+Without --all, what `keep_after_success: false` does at the end of a run: the
+checkpoints of finished runs go, and an unfinished run keeps its restore points.
+With --all, every checkpoint of every pipeline in the store goes, the current runs'
+too. Either way, a backup whose checkpoint is gone is dropped from the destination:
+with nothing to roll back to, it only takes space.
+"""
+
+from __future__ import annotations
+
+import contextlib
+
+from milepost import backup, connectors, ledger
+from milepost.checkpoints.keeper import CheckpointKeeper
+from milepost.checkpoints.model import document_name
+from milepost.checkpoints.stores import open_store
+from milepost.config import Pipeline
+
+
+def clear_checkpoints(pipeline: Pipeline, *, every_pipeline: bool = False) -> str:
+    keeper = CheckpointKeeper(pipeline)
+    dst = None
+    if connectors.new_sqlite_file(pipeline.destination_url()) is None:
+        dst = connectors.connect(pipeline.destination_url(), "destination")
+    try:
+        has_ledger = dst is not None and ledger.tables_exist(dst)
+        run = ledger.read_run(dst, pipeline.name) if has_ledger else None
+        unfinished = run.run_id if run and run.run_id and run.status != "done" else None
+        if every_pipeline:
+            removed = _clear_store(keeper)
+            kept = 0
+        else:
+            removed = 0
+            kept = 0
+            for entry in keeper.list():
+                owner = entry.checkpoint.run_id if entry.checkpoint else None
+                if unfinished is not None and owner == unfinished:
+                    kept += 1
+                    continue
+                keeper.store.delete(document_name(entry.id))
+                removed += 1
+        dropped = 0
+        if has_ledger and dst is not None:
+            ledger.ensure_tables(dst)
+            dropped = backup.drop_orphans(dst, pipeline.name, keeper.ids())
+    finally:
+        if dst is not None:
+            dst.close()
+        keeper.close()
+    text = f"Removed {removed} checkpoint(s) and {dropped} backup table(s)"
+    if kept:
+        text += f"; kept the {kept} of run {unfinished}, which has not finished"
+    return text + "."
+
+
+def _clear_store(keeper: CheckpointKeeper) -> int:
+    """Every document of every pipeline kept in this pipeline's store."""
+    removed = 0
+    settings = keeper.settings
+    for name in keeper.store.pipelines():
+        store = open_store(settings.store, name, **settings.store_options)
+        try:
+            for doc in store.list():
+                with contextlib.suppress(FileNotFoundError):
+                    store.delete(doc)
+                removed += 1
+        finally:
+            store.close()
+    return removed
