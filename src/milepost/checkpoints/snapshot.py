@@ -1,9 +1,9 @@
 """A checkpoint document read off the ledger: what the run has committed, nothing more.
 
-The ledger is the truth (DESIGN.md, guarantee 3). A snapshot reads its committed rows
-in one transaction, so it always stands on batch boundaries: whatever a worker is
-writing at that moment is either in it, whole, or not at all. Nothing is asked of
-the source: the source's shape was recorded in the ledger when the plan was made.
+The ledger is the truth (DESIGN.md, guarantee 3). A snapshot reads every chunk's
+committed progress in one statement, so it always stands on batch boundaries:
+whatever a worker is writing at that moment is either in it, whole, or not at all.
+Nothing is asked of the source: its shape was recorded in the ledger with the plan.
 """
 
 from __future__ import annotations
@@ -44,10 +44,13 @@ def take_snapshot(
     `run_id` names the run it belongs to when that is not the ledger's yet: a new run's
     `before_risky` checkpoint records the ledger as the previous run left it.
     """
-    with conn.transaction():
-        run = ledger.read_run(conn, pipeline.name)
-        streams = ledger.read_streams(conn, pipeline.name)
-        chunks = ledger.read_chunks(conn, pipeline.name)
+    run = ledger.read_run(conn, pipeline.name)
+    streams = ledger.read_streams(conn, pipeline.name)
+    # Every chunk's progress in one statement: one consistent view of committed batches.
+    chunks = ledger.read_chunks(conn, pipeline.name)
+    # End the read (a MySQL snapshot would otherwise outlive it). Not conn.transaction():
+    # on SQLite that would take the write lock from the workers.
+    conn.raw.commit()
     if run is None or not (run.run_id or run_id):
         raise MilepostError(
             f"Pipeline '{pipeline.name}' has no run yet; there is nothing to checkpoint.",
