@@ -21,13 +21,23 @@ Key = tuple[Any, ...]
 def encode_key(key: Key | None) -> str | None:
     if key is None:
         return None
-    return json.dumps([_tag(v) for v in key], separators=(",", ":"))
+    return json.dumps(key_to_values(key), separators=(",", ":"))
+
+
+def key_to_values(key: Key) -> list[Any]:
+    """The JSON-ready list `encode_key` writes, for documents that embed keys."""
+    return [_tag(v) for v in key]
 
 
 def decode_key(text: str | None) -> Key | None:
     if text is None:
         return None
-    return tuple(_untag(v) for v in json.loads(text))
+    return key_from_values(json.loads(text))
+
+
+def key_from_values(values: list[Any]) -> Key:
+    """A key from the parsed JSON list `encode_key` wrote (no second round of JSON)."""
+    return tuple(_untag(v) for v in values)
 
 
 def _tag(v: Any) -> Any:

@@ -14,6 +14,7 @@ and the ledger, which is the truth, is never changed by a bad document.
 from __future__ import annotations
 
 import datetime as dt
+import json
 import threading
 from dataclasses import dataclass
 from typing import Any
@@ -58,6 +59,7 @@ class CheckpointKeeper:
         # Metadata of documents already read (None: unreadable), so that taking a
         # checkpoint decodes only what is new in the store, not every document again.
         self._metas: dict[str, CheckpointMeta | None] = {}
+        self._active: Checkpoint | None = None  # the last one this keeper made active
 
     # --- opening (lazily, but `open` lets a run fail before it writes anything) ---
 
@@ -134,7 +136,8 @@ class CheckpointKeeper:
                     hint="The store is not keeping what it is given; check it.",
                 )
             self._metas[active.id] = active.meta
-            self._supersede(names, active, now)
+            self._supersede(active, now)
+            self._active = active
             self._apply_retention(active.run_id, now)
             self.emit(
                 Event(
@@ -148,19 +151,22 @@ class CheckpointKeeper:
             return active
 
     def _validated(self, made: Checkpoint, now: dt.datetime) -> Checkpoint:
-        """The document must survive its own codec before it may be trusted."""
+        """The document must survive its own codec before it may be trusted: its bytes
+        unsealed again (every check of the envelope) give back the same JSON. (The JSON
+        itself was built by the model, so it need not be validated a second time.)"""
         data = self.codec.encode(made)
-        back = self.codec.decode(
+        _, payload = self.codec.unseal(
             data, pipeline=made.pipeline, checkpoint_id=made.id, run_id=made.run_id
         )
-        if back != made:
+        if json.loads(payload) != made.to_document():
             raise CheckpointError(f"Checkpoint {made.id} did not decode to what was encoded.")
         return made.with_status("validated", at=now)
 
-    def _supersede(self, names: list[str], active: Checkpoint, now: dt.datetime) -> None:
-        for cid, meta in self._known(names).items():
+    def _supersede(self, active: Checkpoint, now: dt.datetime) -> None:
+        for cid, meta in self._known(self.store.list()).items():
             if meta is not None and meta.status == "active" and cid != active.id:
-                older = self.load(cid)
+                mine = self._active is not None and self._active.id == cid
+                older = self._active if mine and self._active else self.load(cid)
                 self.write(older.with_status("superseded", at=now, detail=f"by {active.id}"))
 
     def _apply_retention(self, run_id: str, now: dt.datetime) -> None:
@@ -191,6 +197,8 @@ class CheckpointKeeper:
         with self._lock:
             self.store.put(checkpoint.name, self.codec.encode(checkpoint))
             self._metas[checkpoint.id] = checkpoint.meta
+            if self._active is not None and self._active.id == checkpoint.id:
+                self._active = checkpoint
 
     def load(self, checkpoint_id: str) -> Checkpoint:
         name = document_name(checkpoint_id)

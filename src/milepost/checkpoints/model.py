@@ -14,7 +14,6 @@ values the ledger holds; `key_to_doc` and `key_from_doc` convert.
 from __future__ import annotations
 
 import datetime as dt
-import json
 import re
 import secrets
 import threading
@@ -36,7 +35,7 @@ from milepost.checkpoints.errors import (
     CheckpointVersionError,
 )
 from milepost.checkpoints.redact import redact, redact_text
-from milepost.keyset import Key, decode_key, encode_key
+from milepost.keyset import Key, key_from_values, key_to_values
 
 FORMAT_VERSION = 2
 READABLE_VERSIONS = (1, 2)
@@ -76,8 +75,8 @@ UtcDatetime = Annotated[dt.datetime, AfterValidator(_utc)]
 def _valid_key_doc(value: list[Any] | None) -> list[Any] | None:
     if value is not None:
         try:
-            decode_key(json.dumps(value))
-        except (ValueError, KeyError, TypeError) as exc:
+            key_from_values(value)
+        except (ValueError, KeyError, TypeError, AttributeError) as exc:
             raise ValueError(f"not an encoded cursor key ({type(exc).__name__})") from None
     return value
 
@@ -87,13 +86,12 @@ KeyDoc = Annotated[list[Any] | None, AfterValidator(_valid_key_doc)]
 
 def key_to_doc(key: Key | None) -> list[Any] | None:
     """A cursor key as the tagged JSON list a checkpoint stores."""
-    encoded = encode_key(key)
-    return None if encoded is None else json.loads(encoded)
+    return None if key is None else key_to_values(key)
 
 
 def key_from_doc(doc: list[Any] | None) -> Key | None:
     """The cursor key a stored tagged list stands for."""
-    return None if doc is None else decode_key(json.dumps(doc))
+    return None if doc is None else key_from_values(doc)
 
 
 def _progress(value: Any) -> Any:

@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
 import re
 from collections.abc import Mapping
 from typing import Any
@@ -120,12 +121,14 @@ def _words(name: str) -> list[str]:
     return [w for w in re.split(r"[^A-Za-z0-9]+", spaced.lower()) if w]
 
 
+@functools.lru_cache(maxsize=4096)
 def is_pointer_name(name: str) -> bool:
     """The key names where a secret lives (an env var, a file, ...), not the secret."""
     words = _words(name)
     return bool(words) and words[-1] in _POINTER_WORDS
 
 
+@functools.lru_cache(maxsize=4096)
 def is_secret_name(name: str) -> bool:
     """The key's value is a secret (and it is not merely a pointer to one)."""
     words = _words(name)
