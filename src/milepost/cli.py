@@ -28,6 +28,7 @@ from milepost.checkpoints.keeper import CheckpointKeeper, Listed
 from milepost.checkpoints.on_demand import create_checkpoint
 from milepost.config import load_pipeline
 from milepost.errors import EXIT_FAILED, EXIT_PAUSED, MilepostError
+from milepost.events import Event
 from milepost.pause import request_pause
 from milepost.progress import JsonLines, PlainLines, RichProgress, quiet
 from milepost.rewind import restore
@@ -43,7 +44,9 @@ app = typer.Typer(
     "or configuration, 3 paused (resumable), 4 verification found differences.",
 )
 err = Console(stderr=True, highlight=False, soft_wrap=True)
-out = Console(highlight=False)
+# Not wrapped at the terminal's (or a pipe's default 80) columns either: ids, run ids and
+# paths printed here are copied into the next command or read by scripts, line by line.
+out = Console(highlight=False, soft_wrap=True)
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -111,7 +114,20 @@ def run(
             _run_with_signals(Runner(p, fresh=fresh, on_event=bars, origin=str(pipeline)))
     else:
         listener = {"plain": PlainLines(err), "jsonl": JsonLines(), "none": quiet}[style]
+        if style != "plain":
+            listener = _alerts_to_stderr(listener)
         _run_with_signals(Runner(p, fresh=fresh, on_event=listener, origin=str(pipeline)))
+
+
+def _alerts_to_stderr(listener: Callable[[Event], None]) -> Callable[[Event], None]:
+    """An alert is for a person, whatever the progress style: cron mails stderr."""
+
+    def tee(event: Event) -> None:
+        listener(event)
+        if event.kind == "alert" and event.text:
+            err.print(event.text, markup=False)
+
+    return tee
 
 
 def _run_with_signals(runner: Runner) -> None:

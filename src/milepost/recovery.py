@@ -121,10 +121,10 @@ def age_warning(last_saved: float | None, now: float, max_age_hours: float | Non
     age_h = (now - last_saved) / 3600
     if age_h <= max_age_hours:
         return None
+    age = f"{age_h:.0f} hours" if age_h >= 2 else f"{age_h * 3600:.0f} seconds"
     return (
-        f"the progress being resumed was saved {age_h:.0f} hours ago, more than "
-        f"max_age_hours ({max_age_hours:g}); the source may have changed in ways milepost "
-        "cannot see"
+        f"the progress being resumed was saved {age} ago, more than max_age_hours "
+        f"({max_age_hours:g}); the source may have changed in ways milepost cannot see"
     )
 
 

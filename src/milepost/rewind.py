@@ -45,7 +45,8 @@ def restore(pipeline: Pipeline, checkpoint_id: str, emit: Listener = ignore) -> 
     cp = _usable(keeper.load(checkpoint_id))
     dst = connectors.connect(pipeline.destination_url(), "destination")
     try:
-        lease = _take_lease(dst, pipeline)
+        lease, before = _take_lease(dst, pipeline)
+        left = _as_it_was(before)  # what the ledger says if nothing is restored after all
         try:
             run = ledger.read_run(dst, pipeline.name)
             _same_pipeline(pipeline, cp)
@@ -71,8 +72,9 @@ def restore(pipeline: Pipeline, checkpoint_id: str, emit: Listener = ignore) -> 
                     status="paused",
                     message=f"restored to checkpoint {cp.id}",
                 )
+            left = ("paused", f"restored to checkpoint {cp.id}")
         finally:
-            ledger.release(dst, lease, "paused", f"restored to checkpoint {cp.id}")
+            ledger.release(dst, lease, *left)
     finally:
         dst.close()
     active = _activate(
@@ -94,7 +96,8 @@ def rollback(pipeline: Pipeline, checkpoint_id: str, emit: Listener = ignore) ->
                 "a table, keeps one.",
                 hint="To go back to it within its run, use `milepost checkpoints restore`.",
             )
-        lease = _take_lease(dst, pipeline)
+        lease, before = _take_lease(dst, pipeline)
+        left = _as_it_was(before)
         try:
             phase = "done" if cp.position.phase == "done" else cp.position.phase
             with dst.transaction():
@@ -113,9 +116,10 @@ def rollback(pipeline: Pipeline, checkpoint_id: str, emit: Listener = ignore) ->
                     fingerprint=cp.pipeline_fingerprint,
                     message=f"rolled back to checkpoint {cp.id}",
                 )
-        finally:
             final = "done" if cp.position.phase == "done" else "paused"
-            ledger.release(dst, lease, final, f"rolled back to checkpoint {cp.id}")
+            left = (final, f"rolled back to checkpoint {cp.id}")
+        finally:
+            ledger.release(dst, lease, *left)
     finally:
         dst.close()
     tables = [b.table for b in saved]
@@ -144,12 +148,21 @@ def _same_pipeline(pipeline: Pipeline, cp: Checkpoint) -> None:
         )
 
 
-def _take_lease(dst: Any, pipeline: Pipeline) -> ledger.Lease:
+def _take_lease(dst: Any, pipeline: Pipeline) -> tuple[ledger.Lease, ledger.RunRow | None]:
+    """The lease, and the run row as it was before it was taken."""
     if not ledger.tables_exist(dst):
         raise ConfigError(f"Pipeline '{pipeline.name}' has no ledger in its destination.")
     ledger.ensure_tables(dst)
-    lease, _, _ = ledger.acquire(dst, pipeline.name, pipeline.fingerprint())
-    return lease
+    lease, before, _ = ledger.acquire(dst, pipeline.name, pipeline.fingerprint())
+    return lease, before
+
+
+def _as_it_was(before: ledger.RunRow | None) -> tuple[str, str | None]:
+    """The status and message to release the lease with when a restore or rollback is
+    refused or fails: the run's own, so a refusal leaves the ledger saying what it said."""
+    if before is None:
+        return "new", None
+    return before.status, before.message
 
 
 def _rewind_chunk(

@@ -12,6 +12,8 @@ from __future__ import annotations
 import contextlib
 
 from milepost import backup, connectors, ledger
+from milepost.checkpoints.codec import read_header
+from milepost.checkpoints.errors import CheckpointError
 from milepost.checkpoints.keeper import CheckpointKeeper
 from milepost.checkpoints.model import document_name
 from milepost.checkpoints.stores import open_store
@@ -34,7 +36,7 @@ def clear_checkpoints(pipeline: Pipeline, *, every_pipeline: bool = False) -> st
             removed = 0
             kept = 0
             for entry in keeper.list():
-                owner = entry.checkpoint.run_id if entry.checkpoint else None
+                owner = entry.checkpoint.run_id if entry.checkpoint else _owner(keeper, entry.id)
                 if unfinished is not None and owner == unfinished:
                     kept += 1
                     continue
@@ -52,6 +54,17 @@ def clear_checkpoints(pipeline: Pipeline, *, every_pipeline: bool = False) -> st
     if kept:
         text += f"; kept the {kept} of run {unfinished}, which has not finished"
     return text + "."
+
+
+def _owner(keeper: CheckpointKeeper, checkpoint_id: str) -> str | None:
+    """The run an unreadable document names in its envelope, which needs no key: with a
+    wrong key configured, the unfinished run's restore points must not look like nobody's.
+    None when even the envelope fails its checks (a damaged document: it may go)."""
+    try:
+        data = keeper.store.get(document_name(checkpoint_id))
+        return read_header(data, checkpoint_id=checkpoint_id).identity.run_id
+    except CheckpointError:
+        return None
 
 
 def _clear_store(keeper: CheckpointKeeper) -> int:

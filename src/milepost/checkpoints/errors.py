@@ -19,7 +19,13 @@ class CheckpointError(MilepostError):
 
 
 class CheckpointUnreadable(CheckpointError):
-    """This one document cannot be used; an older one, or the ledger, can."""
+    """This one document cannot be used; an older one, or the ledger, can.
+
+    Raised out of milepost only when an operator names the document (`checkpoints show`,
+    `restore`, `rollback`): nothing was attempted, and another checkpoint (or the right
+    key) is the way on, so it exits as a refused request, not as a failed run."""
+
+    exit_code = EXIT_USAGE
 
 
 class CheckpointCorrupt(CheckpointUnreadable):

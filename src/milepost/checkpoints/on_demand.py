@@ -15,7 +15,7 @@ from milepost import connectors, ledger
 from milepost.checkpoints.keeper import CheckpointKeeper
 from milepost.checkpoints.model import Checkpoint
 from milepost.config import Pipeline
-from milepost.errors import MilepostError
+from milepost.errors import ConfigError, MilepostError
 from milepost.events import Listener, ignore
 
 POLL_S = 0.2
@@ -25,16 +25,19 @@ def create_checkpoint(
     pipeline: Pipeline, reason: str | None, *, timeout_s: float = 120.0, emit: Listener = ignore
 ) -> str:
     """The id of a new manual checkpoint of `pipeline`'s run."""
+    never_ran = ConfigError(
+        f"Pipeline '{pipeline.name}' has not run yet; there is nothing to checkpoint.",
+        hint="Start it with `milepost run`.",
+    )
+    if connectors.new_sqlite_file(pipeline.destination_url()) is not None:
+        raise never_ran  # opening it would leave an empty database file behind
     keeper = CheckpointKeeper(pipeline, emit)
     keeper.open()
     dst = connectors.connect(pipeline.destination_url(), "destination")
     try:
         run = ledger.read_run(dst, pipeline.name) if ledger.tables_exist(dst) else None
         if run is None or not run.run_id:
-            raise MilepostError(
-                f"Pipeline '{pipeline.name}' has not run yet; there is nothing to checkpoint.",
-                hint="Start it with `milepost run`.",
-            )
+            raise never_ran
         ledger.ensure_tables(dst)
         if not ledger.holder_is_alive(run, time.time()):
             made: Checkpoint = keeper.take(dst, "manual", reason=reason)
