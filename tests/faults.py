@@ -529,3 +529,230 @@ def _check_takeover(run: Cli, previous: Cli | None, context: str) -> None:
         f"{context}: the run after a kill did not report taking over the lease: "
         f"{run.events[:5]}; the killed run's last events: {previous.events[-3:]}"
     )
+
+
+# === database faults: killed backends, restarted servers, alerts (tests/test_db_faults.py) ===
+# Appended as one section; its imports stay here so the section reads on its own.
+
+import http.server  # noqa: E402
+import math  # noqa: E402
+
+from sqlalchemy.engine import make_url  # noqa: E402
+
+from milepost.keyset import decode_key  # noqa: E402
+from servers import kill_mysql_threads  # noqa: E402
+
+
+def update_pipeline(path: Path, **changes: Any) -> Path:
+    """Set top-level keys of a pipeline file written by `write_pipeline` (e.g. `retry`,
+    `alert_webhook`); a value of None removes the key."""
+    doc = yaml.safe_load(path.read_text(encoding="utf-8"))
+    for key, value in changes.items():
+        if value is None:
+            doc.pop(key, None)
+        else:
+            doc[key] = value
+    path.write_text(yaml.safe_dump(doc, sort_keys=False), encoding="utf-8")
+    return path
+
+
+@dataclass(frozen=True)
+class ChunkRecord:
+    chunk: int
+    lo: Any
+    hi: Any
+    rows_written: int
+    batches: int
+    status: str
+
+
+def chunk_records(dest: Database, pipeline: str) -> list[ChunkRecord]:
+    mark = "?" if dest.family == "sqlite" else "%s"
+    rows = dest.sql(
+        "SELECT chunk, lo, hi, rows_written, batches, status FROM _milepost_chunks "
+        f"WHERE pipeline = {mark} ORDER BY stream, chunk",
+        (pipeline,),
+    )
+    return [
+        ChunkRecord(int(c), decode_key(lo), decode_key(hi), int(w), int(b), s)
+        for c, lo, hi, w, b, s in rows
+    ]
+
+
+def assert_ledger_exact(
+    dest: Database, pipeline: str, ids: list[int], batch_size: int, context: str
+) -> int:
+    """Every chunk of the (single-stream, integer-cursor) pipeline is done, its rows_written is
+    exactly the number of source ids in (lo, hi], and its batch count is exactly what full
+    batches of `batch_size` take: a batch counted twice, or one redone after it committed,
+    would show in one or the other. Returns the total number of batches."""
+    chunks = chunk_records(dest, pipeline)
+    assert chunks, f"{context}: the ledger records no chunks"
+    problems = []
+    for c in chunks:
+        lo = None if c.lo is None else c.lo[0]
+        hi = None if c.hi is None else c.hi[0]
+        want = sum(1 for i in ids if (lo is None or i > lo) and (hi is None or i <= hi))
+        batches = math.ceil(want / batch_size)
+        # A chunk with no rows, or ending exactly on a batch boundary, may take one more
+        # (empty) batch to learn that it is done.
+        allowed = {batches, batches + 1} if want % batch_size == 0 else {batches}
+        if c.status != "done" or c.rows_written != want or c.batches not in allowed:
+            problems.append(
+                f"chunk {c.chunk} ({lo}, {hi}]: status {c.status}, {c.rows_written} rows in "
+                f"{c.batches} batches; expected done, {want} rows in {sorted(allowed)} batches"
+            )
+    assert not problems, f"{context}: the ledger is not exact: " + "; ".join(problems)
+    return sum(c.batches for c in chunks)
+
+
+class WebhookReceiver:
+    """An HTTP server on 127.0.0.1 (a free port) that records the JSON bodies POSTed to it,
+    for alert webhooks. `posted` is set on each POST, so a test waits on it, not on the clock.
+    Use as a context manager."""
+
+    def __init__(self) -> None:
+        self.bodies: list[Any] = []
+        self.raw: list[bytes] = []
+        self.paths: list[str] = []
+        self.posted = threading.Event()
+        receiver = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                length = int(self.headers.get("Content-Length") or 0)
+                body = self.rfile.read(length)
+                receiver.raw.append(body)
+                receiver.paths.append(self.path)
+                try:
+                    receiver.bodies.append(json.loads(body))
+                except ValueError:
+                    receiver.bodies.append(None)
+                self.send_response(204)
+                self.end_headers()
+                receiver.posted.set()
+
+            def log_message(self, format: str, *args: Any) -> None:
+                pass  # pytest shows the test's own output; the access log is noise
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.port = int(self.server.server_address[1])
+        self._thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+
+    def url(self, path: str = "/hook") -> str:
+        return f"http://127.0.0.1:{self.port}{path}"
+
+    def __enter__(self) -> WebhookReceiver:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+        self._thread.join(timeout=10)
+
+
+class CommitSignals:
+    """A notification each time a transaction that wrote into a PostgreSQL table commits: a
+    statement trigger calls pg_notify, delivered at COMMIT to our LISTENing connection. This
+    follows a copy batch by batch without reading the child's stdout (when it prints plain
+    text rather than events), and without polling."""
+
+    def __init__(self, db: Database, table: str = TABLE) -> None:
+        channel = f"mp_test_commits_{table}"
+        db.sql(
+            f"CREATE FUNCTION {channel}() RETURNS trigger LANGUAGE plpgsql AS "
+            f"$$BEGIN PERFORM pg_notify('{channel}', ''); RETURN NULL; END$$"
+        )
+        db.sql(
+            f"CREATE TRIGGER {channel} AFTER INSERT ON {table} "
+            f"FOR EACH STATEMENT EXECUTE FUNCTION {channel}()"
+        )
+        # Not "milepost-…": BackendKiller must never take this one.
+        self.conn = psycopg.connect(db.url, autocommit=True, application_name="fault-listener")
+        self.conn.execute(f"LISTEN {channel}")
+        self.seen = 0
+
+    def wait(self, n: int, timeout_s: float = 120.0) -> bool:
+        """Block until `n` commits have been seen in all; False if `timeout_s` passes first."""
+        if self.seen < n:
+            for _ in self.conn.notifies(timeout=timeout_s, stop_after=n - self.seen):
+                self.seen += 1
+        return self.seen >= n
+
+    def close(self) -> None:
+        with contextlib.suppress(psycopg.Error):
+            self.conn.close()
+
+
+class BackendKiller:
+    """Kill milepost's connections to one database as an administrator would: on PostgreSQL
+    pg_terminate_backend of the backends whose application_name is `milepost-{role}` (the
+    heartbeat is a destination connection too), on MariaDB KILL CONNECTION of every session
+    on the database (a test's source and destination are different databases, so those are
+    the role's sessions).
+
+    Unlike servers.terminate_postgres_backends and kill_mysql_connections, the admin
+    connection is opened beforehand: opening one takes tens of milliseconds (MariaDB's
+    handshake most), in which a fast copy commits several batches. With it ready, the kill
+    lands where the test aimed it."""
+
+    def __init__(self, db: Database) -> None:
+        self.db = db
+        self.dbname = make_url(db.url).database or ""
+        if db.family == "postgresql":
+            admin = make_url(db.url).set(database="postgres").render_as_string(hide_password=False)
+            # Not "milepost…", so it never matches the prefix it kills by.
+            self.conn: Any = psycopg.connect(
+                admin, autocommit=True, application_name="fault-injector"
+            )
+        elif db.family == "mysql":
+            u = make_url(db.url)
+            self.conn = mysql_connection(u.set(database=None).render_as_string(False))
+        else:
+            raise ValueError(f"no connections to kill on {db.family}")
+
+    def kill(self, role: str, wait_s: float = 10.0) -> int:
+        """Kill them; return how many, once they have left the server's session list."""
+        if self.db.family == "postgresql":
+            rows = self.conn.execute(
+                "SELECT pid, pg_terminate_backend(pid) FROM pg_stat_activity "
+                "WHERE datname = %s AND application_name = %s AND pid <> pg_backend_pid()",
+                (self.dbname, f"milepost-{role}"),
+            ).fetchall()
+            killed = [pid for pid, done in rows if done]
+            listed = "SELECT pid FROM pg_stat_activity WHERE pid = ANY(%s)"
+            args: Any = (killed,)
+        else:
+            with self.conn.cursor() as cur:
+                cur.execute(
+                    "SELECT ID FROM information_schema.PROCESSLIST "
+                    "WHERE DB = %s AND ID <> CONNECTION_ID()",
+                    (self.dbname,),
+                )
+                killed = kill_mysql_threads(cur, [int(r[0]) for r in cur.fetchall()])
+            marks = ", ".join(["%s"] * len(killed))
+            listed = f"SELECT ID FROM information_schema.PROCESSLIST WHERE ID IN ({marks})"
+            args = tuple(killed)
+        deadline = time.monotonic() + wait_s
+        while killed and self._query(listed, args):
+            assert time.monotonic() < deadline, f"killed sessions on {self.dbname} linger"
+            time.sleep(0.005)  # polling for the sessions to be gone, with a deadline
+        return len(killed)
+
+    def _query(self, sql: str, args: Any) -> list[Any]:
+        if self.db.family == "postgresql":
+            return self.conn.execute(sql, args).fetchall()
+        with self.conn.cursor() as cur:
+            cur.execute(sql, args)
+            return list(cur.fetchall())
+
+    def close(self) -> None:
+        with contextlib.suppress(Exception):
+            self.conn.close()
+
+    def __enter__(self) -> BackendKiller:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
