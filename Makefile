@@ -35,6 +35,7 @@ torture: $(DEV_STAMP)
 bench: $(DEV_STAMP)
 	$(BIN)/python bench/copy_bench.py
 	$(BIN)/python bench/outage_bench.py
+	$(BIN)/python bench/checkpoint_bench.py
 
 lint: $(DEV_STAMP)
 	$(BIN)/ruff check src tests bench

@@ -2,8 +2,10 @@
 fake clock; and how the run's checkpoint thread turns what is due into checkpoints.
 
 The rule: count committed rows; a checkpoint is due once N or more were counted, or T seconds
-or more have passed, whichever comes first, and then both the count and the time start again
-(rows beyond N are not carried over). Both limits are inclusive.
+or more have passed, whichever comes first, and then both the count and the time start again.
+Rows past N count towards the next checkpoint (less whole multiples of N: one big batch makes
+one checkpoint due, not several); after a checkpoint due by time, the count starts at zero.
+Both limits are inclusive.
 """
 
 from __future__ import annotations
@@ -43,8 +45,17 @@ def due(
 def test_rows_are_counted_until_every_records_is_reached() -> None:
     counter, _ = due(every_records=100)
     assert [counter.add(40) for _ in range(3)] == [False, False, True]  # 40, 80, 120
-    # The 20 rows beyond 100 are not carried over: the count starts again at zero.
-    assert [counter.add(40) for _ in range(3)] == [False, False, True]
+    # The 20 rows beyond 100 count towards the next: 60, 100.
+    assert [counter.add(40) for _ in range(2)] == [False, True]
+
+
+def test_every_n_records_over_a_copy_is_total_over_n_checkpoints() -> None:
+    """2,000,000 rows in batches of 30,000 (one of 20,000 at the end): every 100,000 rows
+    makes 20 checkpoints due, one per 100,000, not fewer because of rounding up."""
+    counter, _ = due(every_records=100_000)
+    batches = [30_000] * 66 + [20_000]
+    assert sum(batches) == 2_000_000
+    assert sum(counter.add(b) for b in batches) == 20
 
 
 def test_every_records_is_inclusive() -> None:
@@ -56,8 +67,9 @@ def test_every_records_is_inclusive() -> None:
 
 def test_a_batch_larger_than_every_records_makes_one_checkpoint_due_not_several() -> None:
     counter, _ = due(every_records=100)
-    assert counter.add(1_000) is True
-    assert counter.add(99) is False
+    assert counter.add(1_050) is True
+    assert counter.add(49) is False  # 50 carried + 49
+    assert counter.add(1) is True
 
 
 def test_empty_batches_never_make_a_checkpoint_due_by_rows() -> None:

@@ -144,15 +144,7 @@ class ChainCodec:
     # -- documents --
 
     def encode(self, checkpoint: Checkpoint) -> bytes:
-        payload = json.dumps(
-            checkpoint.to_document(),
-            sort_keys=True,
-            separators=(",", ":"),
-            ensure_ascii=False,
-            allow_nan=False,
-        ).encode("utf-8")
-        identity = Identity(checkpoint.pipeline, checkpoint.run_id, checkpoint.id)
-        return self.seal(payload, identity)
+        return self.seal(serialize(checkpoint), identity_of(checkpoint))
 
     def decode(
         self, data: bytes, *, pipeline: str, checkpoint_id: str, run_id: str | None = None
@@ -338,6 +330,21 @@ def _describe(identity: Identity) -> str:
 # --- keys ----------------------------------------------------------------------------
 
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+
+def serialize(checkpoint: Checkpoint) -> bytes:
+    """The canonical JSON of a checkpoint: the bytes that are sealed, and compared."""
+    return json.dumps(
+        checkpoint.to_document(),
+        sort_keys=True,
+        separators=(",", ":"),
+        ensure_ascii=False,
+        allow_nan=False,
+    ).encode("utf-8")
+
+
+def identity_of(checkpoint: Checkpoint) -> Identity:
+    return Identity(checkpoint.pipeline, checkpoint.run_id, checkpoint.id)
 
 
 def generate_key() -> str:

@@ -14,12 +14,17 @@ and the ledger, which is the truth, is never changed by a bad document.
 from __future__ import annotations
 
 import datetime as dt
-import json
 import threading
 from dataclasses import dataclass
 from typing import Any
 
-from milepost.checkpoints.codec import ChainCodec, codec_for
+from milepost.checkpoints.codec import (
+    ChainCodec,
+    codec_for,
+    identity_of,
+    read_header,
+    serialize,
+)
 from milepost.checkpoints.errors import (
     CheckpointError,
     CheckpointNotFound,
@@ -123,12 +128,11 @@ class CheckpointKeeper:
                 run_id=run_id,
             )
             now = _now()
-            checked = self._validated(made, now)
-            active = checked.with_status("active", at=now)
-            data = self.codec.encode(active)
+            active = made.with_status("validated", at=now).with_status("active", at=now)
+            data = self._sealed_and_checked(active)
             self.store.put(active.name, data)
             if self.store.get(active.name) != data:
-                failed = checked.with_status("failed", at=now, detail="read back differently")
+                failed = active.with_status("failed", at=now, detail="read back differently")
                 self.store.put(failed.name, self.codec.encode(failed))
                 raise CheckpointError(
                     f"Checkpoint {active.id} did not read back as written from "
@@ -150,17 +154,21 @@ class CheckpointKeeper:
             )
             return active
 
-    def _validated(self, made: Checkpoint, now: dt.datetime) -> Checkpoint:
-        """The document must survive its own codec before it may be trusted: its bytes
-        unsealed again (every check of the envelope) give back the same JSON. (The JSON
-        itself was built by the model, so it need not be validated a second time.)"""
-        data = self.codec.encode(made)
-        _, payload = self.codec.unseal(
-            data, pipeline=made.pipeline, checkpoint_id=made.id, run_id=made.run_id
+    def _sealed_and_checked(self, checkpoint: Checkpoint) -> bytes:
+        """The document's bytes, once they have survived their own codec: unsealed again
+        (every check of the envelope, decryption, decompression) they must give back the
+        same JSON, byte for byte, before the document may be written as `active`."""
+        payload = serialize(checkpoint)
+        data = self.codec.seal(payload, identity_of(checkpoint))
+        _, back = self.codec.unseal(
+            data,
+            pipeline=checkpoint.pipeline,
+            checkpoint_id=checkpoint.id,
+            run_id=checkpoint.run_id,
         )
-        if json.loads(payload) != made.to_document():
-            raise CheckpointError(f"Checkpoint {made.id} did not decode to what was encoded.")
-        return made.with_status("validated", at=now)
+        if back != payload:
+            raise CheckpointError(f"Checkpoint {checkpoint.id} did not decode to what was encoded.")
+        return data
 
     def _supersede(self, active: Checkpoint, now: dt.datetime) -> None:
         for cid, meta in self._known(self.store.list()).items():
@@ -244,16 +252,28 @@ class CheckpointKeeper:
         return None
 
     def clear(self, run_id: str | None = None) -> list[str]:
-        """Delete the checkpoints of `run_id` (every one when None); returns their ids."""
+        """Delete the checkpoints of `run_id` (every one when None); returns their ids.
+
+        The run is read from each document's envelope, which needs neither the key nor
+        a full decode: clearing at the end of every run stays cheap."""
         removed = []
         with self._lock:
-            for entry in self.list():
-                mine = entry.checkpoint is not None and entry.checkpoint.run_id == run_id
-                if run_id is None or mine:
-                    self.store.delete(document_name(entry.id))
-                    self._metas.pop(entry.id, None)
-                    removed.append(entry.id)
+            for name in self.store.list():
+                cid = id_from_name(name)
+                if cid is None:
+                    continue
+                if run_id is not None and self._run_of(name, cid) != run_id:
+                    continue
+                self.store.delete(name)
+                self._metas.pop(cid, None)
+                removed.append(cid)
         return removed
+
+    def _run_of(self, name: str, checkpoint_id: str) -> str | None:
+        try:
+            return read_header(self.store.get(name), checkpoint_id=checkpoint_id).identity.run_id
+        except CheckpointError:
+            return None  # its envelope is damaged: it names no run
 
     def ids(self) -> set[str]:
         """The ids of every document in the store, readable or not."""

@@ -42,15 +42,20 @@ class Due:
         self.since = clock()
 
     def add(self, rows: int) -> bool:
-        """Count committed rows; True when a checkpoint is due (and the count restarts)."""
+        """Count committed rows; True when a checkpoint is due (and the count restarts).
+
+        Rows past the limit count towards the next one, so "every 100,000 records" over
+        2,000,000 rows in batches of 10,000 or 30,000 is 20 checkpoints, not 19."""
         self.rows += rows
-        due = (self.every_records is not None and self.rows >= self.every_records) or (
-            self.every_seconds is not None and self.clock() - self.since >= self.every_seconds
-        )
-        if due:
+        by_rows = self.every_records is not None and self.rows >= self.every_records
+        by_time = self.every_seconds is not None and self.clock() - self.since >= self.every_seconds
+        if by_rows and self.every_records is not None and not by_time:
+            self.rows %= self.every_records
+        elif by_rows or by_time:
             self.rows = 0
+        if by_rows or by_time:
             self.since = self.clock()
-        return due
+        return by_rows or by_time
 
 
 class RunCheckpoints:
