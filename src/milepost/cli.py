@@ -137,7 +137,7 @@ def _run_with_signals(runner: Runner) -> None:
         if runner.stop.is_set() and signum == signal.SIGINT:
             err.print("milepost: aborted; the last committed batch is kept.")
             os._exit(EXIT_PAUSED)
-        runner.request_stop()
+        runner.request_stop(f"stopped by {signal.Signals(signum).name}", announce=False)
         err.print(
             "milepost: stopping after the batches in flight (press Ctrl-C again to abort at once)"
         )

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from milepost import connectors, ledger
 from milepost.config import Pipeline
 from milepost.errors import EXIT_DONE, EXIT_PAUSED
+from milepost.status import shown_status
 
 POLL_S = 0.2
 
@@ -35,8 +36,9 @@ def request_pause(pipeline: Pipeline, *, wait: bool, timeout_s: float) -> PauseO
             return PauseOutcome(f"Pipeline '{name}' has never run; nothing to pause.", EXIT_DONE)
         ledger.ensure_tables(dst)
         if not ledger.holder_is_alive(run, time.time()) or not ledger.request_pause(dst, name):
+            shown = shown_status(run.status, alive=False)
             return PauseOutcome(
-                f"Pipeline '{name}' is not running (last status: {run.status}); nothing to pause.",
+                f"Pipeline '{name}' is not running (status: {shown}); nothing to pause.",
                 EXIT_DONE,
             )
         token = run.lease_token

@@ -88,11 +88,16 @@ class Runner:
 
         return emit
 
-    def request_stop(self, reason: str = "stopped on request") -> None:
-        """Finish the batches in flight, record them, and stop (SIGINT/SIGTERM, pause)."""
+    def request_stop(self, reason: str = "stopped on request", *, announce: bool = True) -> None:
+        """Finish the batches in flight, record them, and stop (SIGINT/SIGTERM, pause).
+
+        A signal handler passes `announce=False` and says so itself: emitting from inside
+        a handler could wait forever on a lock the interrupted code holds."""
         if not self.stop.is_set():
             self.stop_reason = reason
-        self.stop.set()
+            self.stop.set()
+            if announce:
+                self.emit(Event("message", text=f"{reason}: stopping after the batches in flight"))
 
     # --- the run ------------------------------------------------------------------
 

@@ -47,7 +47,7 @@ def pipeline_status(pipeline: Pipeline) -> dict[str, Any]:
             "pipeline": pipeline.name,
             "run_id": run.run_id,
             "phase": run.phase,
-            "status": _status(run.status, alive),
+            "status": shown_status(run.status, alive),
             "lease": (
                 {
                     "host": run.owner_host,
@@ -71,7 +71,7 @@ def pipeline_status(pipeline: Pipeline) -> dict[str, Any]:
         dst.close()
 
 
-def _status(recorded: str, alive: bool) -> str:
+def shown_status(recorded: str, alive: bool) -> str:
     """A run whose holder died mid-copy (kill -9, a crash) never recorded that it stopped."""
     if alive:
         return "running"
