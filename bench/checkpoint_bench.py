@@ -676,9 +676,8 @@ def throughput_section(pairs: list[tuple[Run, Run]], rows: int) -> list[str]:
         f" per run, against {rows // EVERY_RECORDS} expected from {rows:,} / "
         f"{EVERY_RECORDS:,}): one per {statistics.median(spacing):,.0f} rows on average "
         "(median over the runs of the rows done at the last automatic checkpoint's event over "
-        "their number). The counter restarts from zero when one is due, so the rows of the "
-        "batch that crossed the threshold beyond it are not carried over, and batches are "
-        "shorter at chunk ends; the copy-done phase checkpoint stands in for the last. Size "
+        "their number). Rows past the threshold count towards the next checkpoint, so the "
+        "count matches rows / every_records; the phase checkpoints come on top. Size "
         f"{min(sizes):,}-{max(sizes):,} bytes. Not written: {not_written}.",
         "",
     ]
