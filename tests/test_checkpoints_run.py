@@ -565,6 +565,13 @@ def test_restore_rewinds_to_a_mid_run_checkpoint_and_the_next_run_ends_identical
         assert statuses[target] == "active"
         assert list(statuses.values()).count("active") == 1, statuses
 
+        # Restore only goes back: a later checkpoint now records rows that are not there.
+        later = run.checkpoints("automatic")[-1]
+        assert later != target
+        forward = milepost("checkpoints", "restore", str(path), later, cwd=tmp_path)
+        refused(forward, "would move the run forward")
+        assert count_rows(dest) == at == status(path)["rows_written"]
+
         rerun = Cli.run(path)
         rc = rerun.finish()
         assert rc == 0, rerun.describe(rc)

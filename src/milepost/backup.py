@@ -81,16 +81,27 @@ def put_back(dst: Any, backups: list[Backup]) -> None:
         dst.execute(f"INSERT INTO {dst.quote(b.table)} SELECT * FROM {dst.quote(b.backup)}")
 
 
-def drop_orphans(dst: Any, pipeline: str, live: set[str]) -> int:
-    """Drop the backups whose checkpoint is gone (cleared, or removed by retention): with
-    no checkpoint to roll back to, a backup is only taking space."""
+def recorded_checkpoints(dst: Any, pipeline: str) -> list[str]:
+    """The checkpoints that have backups recorded."""
+    rows = dst.query(
+        _sql(dst, "SELECT DISTINCT checkpoint_id FROM _milepost_backups WHERE pipeline = %s"),
+        [pipeline],
+    )
+    return [str(r[0]) for r in rows]
+
+
+def drop_for(dst: Any, pipeline: str, removed: list[str]) -> int:
+    """Drop the backups of checkpoints that were just removed: with no checkpoint to roll
+    back to, a backup only takes space. Only those: a store that lists nothing (moved, or
+    briefly unreachable) must not cost a backup that can still be rolled back to."""
     gone = 0
+    wanted = set(removed)
     rows = dst.query(
         _sql(dst, "SELECT checkpoint_id, backup_name FROM _milepost_backups WHERE pipeline = %s"),
         [pipeline],
     )
     for checkpoint_id, name in rows:
-        if checkpoint_id in live:
+        if checkpoint_id not in wanted:
             continue
         with dst.transaction():
             dst.execute(f"DROP TABLE IF EXISTS {dst.quote(name)}")

@@ -324,12 +324,15 @@ def acquire(
                     else f"silent for longer than {LEASE_TTL_S:.0f}s"
                 )
                 note = f"took over the lease of {describe_holder(before, now)}, {gone}"
+            # A new holder starts without an old pause request; a runner coming back for its
+            # own lease after a lost connection keeps one that arrived meanwhile.
+            clear = "" if ours is not None else ", pause_requested = NULL"
             conn.execute(
                 _sql(
                     conn,
                     "UPDATE _milepost_runs SET lease_token = %s, owner_host = %s, owner_pid = %s, "
-                    "owner_started = %s, heartbeat_at = %s, updated_at = %s, "
-                    "pause_requested = NULL WHERE pipeline = %s",
+                    f"owner_started = %s, heartbeat_at = %s, updated_at = %s{clear} "
+                    "WHERE pipeline = %s",
                 ),
                 [token, host, pid, started, now, now, pipeline],
             )

@@ -22,6 +22,8 @@ import datetime as dt
 from dataclasses import dataclass
 from typing import Any
 
+import sqlalchemy as sa
+
 from milepost import backup, connectors, ledger
 from milepost.checkpoints.keeper import CheckpointKeeper
 from milepost.checkpoints.model import Checkpoint, ChunkState, key_from_doc
@@ -58,6 +60,7 @@ def restore(pipeline: Pipeline, checkpoint_id: str, emit: Listener = ignore) -> 
                     "rollback --to ID`; otherwise restore a checkpoint of the current run.",
                 )
             removed = 0
+            _not_ahead(cp, ledger.read_chunks(dst, pipeline.name))
             with dst.transaction():
                 streams = {s.stream: s for s in ledger.read_streams(dst, pipeline.name)}
                 chunks = ledger.read_chunks(dst, pipeline.name)
@@ -100,8 +103,19 @@ def rollback(pipeline: Pipeline, checkpoint_id: str, emit: Listener = ignore) ->
         left = _as_it_was(before)
         try:
             phase = "done" if cp.position.phase == "done" else cp.position.phase
+            backed_up = {b.table for b in saved}
+            # Tables without a backup were empty when the risky step began (only tables
+            # holding rows are backed up): whatever the step wrote into them goes too.
+            written_since = [
+                name
+                for name in {s.stream for s in ledger.read_streams(dst, pipeline.name)}
+                | {s.name for s in cp.streams}
+                if name not in backed_up and sa.inspect(dst.sqlalchemy_engine()).has_table(name)
+            ]
             with dst.transaction():
                 backup.put_back(dst, saved)
+                for name in sorted(written_since):
+                    dst.execute(f"DELETE FROM {dst.quote(name)}")
                 ledger.reset_plan(dst, pipeline.name)
                 for position, s in enumerate(cp.streams):
                     _replant(dst, pipeline.name, position, s, cp)
@@ -128,6 +142,25 @@ def rollback(pipeline: Pipeline, checkpoint_id: str, emit: Listener = ignore) ->
 
 
 # --- the parts ----------------------------------------------------------------------
+
+
+def _not_ahead(cp: Checkpoint, chunks: list[ledger.ChunkRow]) -> None:
+    """Restore only goes back. A checkpoint that records more of a chunk than the ledger
+    has (a later one after an earlier restore, a stream started over since, batches a
+    server crash took back) would make the ledger claim rows that are not there."""
+    for chunk in chunks:
+        saved = _chunk_in(cp, chunk.stream, chunk.index)
+        if saved is not None and (
+            saved.rows_written > chunk.rows_written or saved.batches > chunk.batches
+        ):
+            raise ResumeRefused(
+                f"Checkpoint {cp.id} records {saved.rows_written:,} rows of stream "
+                f"'{chunk.stream}', chunk {chunk.index}, but the destination holds "
+                f"{chunk.rows_written:,} of them now: restoring it would move the run forward "
+                "over rows that are not there.",
+                hint="Restore a checkpoint at or before the run's current position "
+                "(`milepost checkpoints list`).",
+            )
 
 
 def _usable(cp: Checkpoint) -> Checkpoint:

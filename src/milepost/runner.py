@@ -218,6 +218,7 @@ class Runner:
                 ledger.set_state(dst, lease, phase="done", status="done")
             status = "done"
             self._lease = None
+            self.checkpoints.finish()  # one still queued must not outlive the clearing
             self._after_success(dst, run_id)
             total = sum(self._rows_done.values())
             self.emit(Event("finished", rows_done=total, text=f"run {run_id} complete"))
@@ -231,7 +232,8 @@ class Runner:
             message = str(exc) or type(exc).__name__
             # Coming back for it: the retry keeps the lease, so no one else starts meanwhile.
             keep_lease = connectors.transient_reason(exc) is not None
-            if not keep_lease and self._run_id:
+            if not keep_lease and self._run_id and not isinstance(exc, LeaseLost):
+                # (A runner that lost its lease must not touch the new holder's checkpoints.)
                 self.checkpoints.at(dst, "failure", _first_line(message))
             raise
         finally:
@@ -333,7 +335,7 @@ class Runner:
             return
         try:
             removed = self.keeper.clear(run_id)
-            dropped = backup.drop_orphans(dst, self.pipeline.name, self.keeper.ids())
+            dropped = backup.drop_for(dst, self.pipeline.name, removed)
         except Exception as exc:
             self.emit(Event("message", text=f"checkpoints of run {run_id} not removed: {exc}"))
             return

@@ -29,23 +29,29 @@ def clear_checkpoints(pipeline: Pipeline, *, every_pipeline: bool = False) -> st
         has_ledger = dst is not None and ledger.tables_exist(dst)
         run = ledger.read_run(dst, pipeline.name) if has_ledger else None
         unfinished = run.run_id if run and run.run_id and run.status != "done" else None
+        gone: list[str] = []  # this pipeline's checkpoints removed: their backups go too
+        kept = 0
         if every_pipeline:
+            gone = sorted(keeper.ids())
             removed = _clear_store(keeper)
-            kept = 0
         else:
-            removed = 0
-            kept = 0
             for entry in keeper.list():
                 owner = entry.checkpoint.run_id if entry.checkpoint else _owner(keeper, entry.id)
                 if unfinished is not None and owner == unfinished:
                     kept += 1
                     continue
                 keeper.store.delete(document_name(entry.id))
-                removed += 1
+                gone.append(entry.id)
+            removed = len(gone)
         dropped = 0
         if has_ledger and dst is not None:
             ledger.ensure_tables(dst)
-            dropped = backup.drop_orphans(dst, pipeline.name, keeper.ids())
+            # Asked by hand, so also the backups left by checkpoints that went another way
+            # (retention, `clear --all` through another pipeline). The end of a run drops
+            # only those of the checkpoints it removed itself.
+            live = keeper.ids()
+            gone += [c for c in backup.recorded_checkpoints(dst, pipeline.name) if c not in live]
+            dropped = backup.drop_for(dst, pipeline.name, gone)
     finally:
         if dst is not None:
             dst.close()

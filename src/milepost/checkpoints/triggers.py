@@ -129,6 +129,9 @@ class RunCheckpoints:
                         conn = connectors.connect(self.pipeline.destination_url(), "destination")
                     made = self.take(conn, kind, reason)
                     answer = {"token": token, "id": made.id if made else None}
+                    if made is None and conn is not None:
+                        conn.close()  # it may be what failed: connect afresh next time
+                        conn = None
                 except Exception as exc:
                     answer = {"token": token, "error": _brief(exc)}
                     if conn is not None:
