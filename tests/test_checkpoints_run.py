@@ -24,8 +24,10 @@ Marked `torture` (run by `make torture`): the same restore and rollback on more 
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import re
+import sqlite3
 import subprocess
 import sys
 import threading
@@ -67,9 +69,10 @@ from milepost.checkpoints import (
 from milepost.checkpoints.keeper import CheckpointKeeper
 from milepost.checkpoints.triggers import Due
 from milepost.cli import _listed as listed_entry
-from milepost.config import load_pipeline
+from milepost.config import build_pipeline, load_pipeline
 from milepost.errors import MilepostError
 from milepost.events import Event
+from milepost.rewind import rollback
 from milepost.runner import Runner
 from milepost.status import pipeline_status
 from test_checkpoint_stores import s3_bucket, s3_endpoint, s3_options  # noqa: F401
@@ -1021,3 +1024,44 @@ def test_resuming_old_progress_warns_about_its_age(tmp_path: Path, sqlite_job: J
     assert len(aged) == 1 and aged[0].startswith("warning: "), rerun.messages()
     assert f"max_age_hours ({max_age_hours:g})" in aged[0], aged
     assert_same_rows(sqlite_job.source, sqlite_job.dest, "after an old resume")
+
+
+def test_rollback_also_empties_what_the_risky_step_filled_without_a_backup(
+    tmp_path: Path, lite: Database
+) -> None:
+    """Only tables that held rows are backed up; a table the replacing run filled from
+    empty must be empty again after the rollback, or the run it resumes doubles it."""
+    source = tmp_path / "two.db"
+    with contextlib.closing(sqlite3.connect(source)) as conn, conn:
+        for table in ("kept", "filled"):
+            conn.execute(f"CREATE TABLE {table} (id INTEGER PRIMARY KEY, v TEXT)")
+            conn.executemany(
+                f"INSERT INTO {table} VALUES (?, ?)", [(i, f"{table} {i}") for i in range(1, 51)]
+            )
+    lite.sql("CREATE TABLE kept (id INTEGER PRIMARY KEY, v TEXT)")
+    lite.sql("INSERT INTO kept VALUES (1000, 'there before')")
+    pipeline = build_pipeline(
+        {
+            "name": "two",
+            "source": {"url": f"sqlite:///{source}"},
+            "destination": {"url": lite.url},
+            "streams": [{"table": t, "write": "replace"} for t in ("kept", "filled")],
+            "checkpoints": {"keep_after_success": True},
+        }
+    )
+    taken: list[str] = []
+    Runner(
+        pipeline,
+        on_event=lambda e: (
+            taken.append(e.data["id"])
+            if e.kind == "checkpoint" and e.data.get("kind") == "before_risky"
+            else None
+        ),
+    ).run()
+    assert lite.sql("SELECT count(*) FROM filled") == [(50,)]
+    (risky,) = taken
+
+    done = rollback(pipeline, risky)
+    assert done.tables_restored == ["kept"]
+    assert lite.sql("SELECT id, v FROM kept") == [(1000, "there before")]
+    assert lite.sql("SELECT count(*) FROM filled") == [(0,)]
