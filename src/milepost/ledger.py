@@ -3,7 +3,9 @@
 Three small tables. `_milepost_runs` holds one row per pipeline: its run id, phase,
 status and lease (owner host, pid, process start time, heartbeat, and a random
 token). `_milepost_streams` holds each stream's plan. `_milepost_chunks` holds each
-chunk's watermark and rows written.
+chunk's watermark and rows written. Beside them: `_milepost_rejected_rows` (rows set
+aside, milepost/rejects.py) and `_milepost_backups` (milepost/backup.py). What others
+ask of a running run through these rows is in milepost/run_requests.py.
 
 A batch's rows and its chunk's ledger row commit in one destination transaction,
 and that ledger update only matches while our lease token is still the run's: a
@@ -384,76 +386,6 @@ def heartbeat(conn: Any, lease: Lease) -> None:
         raise LeaseLost(f"Pipeline '{lease.pipeline}': another runner took over the lease.")
 
 
-def request_pause(conn: Any, pipeline: str) -> bool:
-    """Ask the runner holding the lease to stop after its batches in flight.
-
-    Through the ledger, so it reaches a runner on any machine. False when no runner
-    holds the lease (there is nothing to pause).
-    """
-    with conn.transaction():
-        n = conn.execute(
-            _sql(
-                conn,
-                "UPDATE _milepost_runs SET pause_requested = %s "
-                "WHERE pipeline = %s AND lease_token IS NOT NULL",
-            ),
-            [time.time(), pipeline],
-        )
-    return n == 1
-
-
-@dataclass(frozen=True)
-class Requests:
-    """What others asked of the running run through the ledger."""
-
-    pause: bool
-    checkpoint: str | None  # JSON {"token", "reason"} from `milepost checkpoints create`
-
-
-def read_requests(conn: Any, lease: Lease) -> Requests:
-    rows = conn.query(
-        _sql(
-            conn,
-            "SELECT pause_requested, checkpoint_request FROM _milepost_runs "
-            "WHERE pipeline = %s AND lease_token = %s",
-        ),
-        [lease.pipeline, lease.token],
-    )
-    # End the read: MySQL would otherwise answer the next poll from the same snapshot.
-    # (Not conn.transaction(): on SQLite that takes the write lock, every second.)
-    conn.raw.commit()
-    if not rows:
-        raise LeaseLost(f"Pipeline '{lease.pipeline}': another runner took over the lease.")
-    return Requests(rows[0][0] is not None, rows[0][1])
-
-
-def request_checkpoint(conn: Any, pipeline: str, request: str) -> bool:
-    """Ask the running run for a checkpoint; False when no runner holds the lease."""
-    with conn.transaction():
-        n = conn.execute(
-            _sql(
-                conn,
-                "UPDATE _milepost_runs SET checkpoint_request = %s, checkpoint_answer = NULL "
-                "WHERE pipeline = %s AND lease_token IS NOT NULL",
-            ),
-            [request, pipeline],
-        )
-    return n == 1
-
-
-def answer_checkpoint(conn: Any, lease: Lease, answer: str) -> None:
-    """The runner's answer to a checkpoint request; the request is consumed with it."""
-    with conn.transaction():
-        conn.execute(
-            _sql(
-                conn,
-                "UPDATE _milepost_runs SET checkpoint_request = NULL, checkpoint_answer = %s "
-                "WHERE pipeline = %s AND lease_token = %s",
-            ),
-            [answer, lease.pipeline, lease.token],
-        )
-
-
 def release(conn: Any, lease: Lease, status: str, message: str | None = None) -> None:
     with conn.transaction():
         conn.execute(
@@ -610,50 +542,6 @@ def record_rejected(
             ),
             [pipeline, stream, chunk, cursor_value, row_data, reason, now],
         )
-
-
-# --- going back (milepost/rewind.py) ----------------------------------------------------
-
-
-def set_chunk(conn: Any, pipeline: str, chunk: ChunkRow) -> None:
-    """Put a chunk's progress back as a checkpoint recorded it (restore, rollback)."""
-    conn.execute(
-        _sql(
-            conn,
-            "UPDATE _milepost_chunks SET watermark = %s, rows_written = %s, batches = %s, "
-            "status = %s, rows_rejected = %s, updated_at = %s "
-            "WHERE pipeline = %s AND stream = %s AND chunk = %s",
-        ),
-        [
-            encode_key(chunk.watermark),
-            chunk.rows_written,
-            chunk.batches,
-            chunk.status,
-            chunk.rows_rejected,
-            time.time(),
-            pipeline,
-            chunk.stream,
-            chunk.index,
-        ],
-    )
-
-
-def rejected_keys(conn: Any, pipeline: str, stream: str, chunk: int) -> list[tuple[int, Key]]:
-    """(id, cursor value) of the rows set aside in one chunk."""
-    rows = conn.query(
-        _sql(
-            conn,
-            "SELECT id, cursor_value FROM _milepost_rejected_rows "
-            "WHERE pipeline = %s AND stream = %s AND chunk = %s",
-        ),
-        [pipeline, stream, chunk],
-    )
-    return [(int(i), decode_key(c) or ()) for i, c in rows]
-
-
-def forget_rejected(conn: Any, ids: list[int]) -> None:
-    for i in ids:
-        conn.execute(_sql(conn, "DELETE FROM _milepost_rejected_rows WHERE id = %s"), [i])
 
 
 def restart_stream(conn: Any, pipeline: str, stream: str) -> None:

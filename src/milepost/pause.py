@@ -11,7 +11,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 
-from milepost import connectors, ledger
+from milepost import connectors, ledger, run_requests
 from milepost.config import Pipeline
 from milepost.errors import EXIT_DONE, EXIT_PAUSED
 from milepost.status import shown_status
@@ -35,7 +35,9 @@ def request_pause(pipeline: Pipeline, *, wait: bool, timeout_s: float) -> PauseO
         if run is None:
             return PauseOutcome(f"Pipeline '{name}' has never run; nothing to pause.", EXIT_DONE)
         ledger.ensure_tables(dst)
-        if not ledger.holder_is_alive(run, time.time()) or not ledger.request_pause(dst, name):
+        if not ledger.holder_is_alive(run, time.time()) or not run_requests.request_pause(
+            dst, name
+        ):
             shown = shown_status(run.status, alive=False)
             return PauseOutcome(
                 f"Pipeline '{name}' is not running (status: {shown}); nothing to pause.",

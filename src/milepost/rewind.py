@@ -19,6 +19,7 @@ the one that was active before, `superseded`.
 from __future__ import annotations
 
 import datetime as dt
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -30,7 +31,7 @@ from milepost.checkpoints.model import Checkpoint, ChunkState, key_from_doc
 from milepost.config import Pipeline
 from milepost.errors import ConfigError, ResumeRefused
 from milepost.events import Listener, ignore
-from milepost.keyset import Key, RangeFilter
+from milepost.keyset import Key, RangeFilter, decode_key, encode_key
 
 _LEDGER_STATUS = {"pending": "pending", "in_progress": "copying", "done": "done"}
 
@@ -211,11 +212,11 @@ def _rewind_chunk(
             dst.keyset(stream.cursor)
         )
         removed = dst.execute(f"DELETE FROM {dst.quote(chunk.stream)} WHERE {where}", params)
-        aside = ledger.rejected_keys(dst, pipeline, chunk.stream, chunk.index)
+        aside = _rejected_keys(dst, pipeline, chunk.stream, chunk.index)
         later = [i for i, key in aside if keep_after is None or key > keep_after]
-        ledger.forget_rejected(dst, later)
-    rejected_left = len(ledger.rejected_keys(dst, pipeline, chunk.stream, chunk.index))
-    ledger.set_chunk(
+        _forget_rejected(dst, later)
+    rejected_left = len(_rejected_keys(dst, pipeline, chunk.stream, chunk.index))
+    _set_chunk(
         dst,
         pipeline,
         ledger.ChunkRow(
@@ -258,7 +259,7 @@ def _replant(dst: Any, pipeline: str, position: int, s: Any, cp: Checkpoint) -> 
         ),
     )
     for c in s.chunks:
-        ledger.set_chunk(
+        _set_chunk(
             dst,
             pipeline,
             ledger.ChunkRow(
@@ -288,3 +289,49 @@ def _activate(keeper: CheckpointKeeper, cp: Checkpoint, action: str, detail: str
     )
     keeper.write(active)
     return active
+
+
+# --- the ledger rows only going back touches ---------------------------------------------
+
+
+def _set_chunk(conn: Any, pipeline: str, chunk: ledger.ChunkRow) -> None:
+    """Put a chunk's progress back as a checkpoint recorded it (restore, rollback)."""
+    conn.execute(
+        ledger.portable_sql(
+            conn,
+            "UPDATE _milepost_chunks SET watermark = %s, rows_written = %s, batches = %s, "
+            "status = %s, rows_rejected = %s, updated_at = %s "
+            "WHERE pipeline = %s AND stream = %s AND chunk = %s",
+        ),
+        [
+            encode_key(chunk.watermark),
+            chunk.rows_written,
+            chunk.batches,
+            chunk.status,
+            chunk.rows_rejected,
+            time.time(),
+            pipeline,
+            chunk.stream,
+            chunk.index,
+        ],
+    )
+
+
+def _rejected_keys(conn: Any, pipeline: str, stream: str, chunk: int) -> list[tuple[int, Key]]:
+    """(id, cursor value) of the rows set aside in one chunk."""
+    rows = conn.query(
+        ledger.portable_sql(
+            conn,
+            "SELECT id, cursor_value FROM _milepost_rejected_rows "
+            "WHERE pipeline = %s AND stream = %s AND chunk = %s",
+        ),
+        [pipeline, stream, chunk],
+    )
+    return [(int(i), decode_key(c) or ()) for i, c in rows]
+
+
+def _forget_rejected(conn: Any, ids: list[int]) -> None:
+    for i in ids:
+        conn.execute(
+            ledger.portable_sql(conn, "DELETE FROM _milepost_rejected_rows WHERE id = %s"), [i]
+        )

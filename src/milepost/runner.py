@@ -16,7 +16,6 @@ from __future__ import annotations
 import contextlib
 import queue
 import threading
-import time
 import uuid
 from dataclasses import dataclass
 from typing import Any
@@ -38,9 +37,12 @@ from milepost.errors import (
     RetriesExhausted,
 )
 from milepost.events import Event, Listener, ignore
+from milepost.heartbeat import Heartbeat
 from milepost.keyset import RangeFilter
 from milepost.plan import foreign_key_order, plan_chunks
+from milepost.resume_checks import check_resume
 from milepost.retry import RetryPolicy
+from milepost.transfer import WorkerConnections
 
 
 @dataclass
@@ -79,6 +81,11 @@ class Runner:
         self._rows_total: dict[str, int | None] = {}
         self._lease: ledger.Lease | None = None  # held across retries of the whole run
         self._run_id = ""
+
+    def _lease_lost(self, exc: LeaseLost) -> None:
+        with self._lock:
+            self._errors.append(exc)
+        self.stop.set()
 
     def _counting_retries(self, listener: Listener) -> Listener:
         def emit(event: Event) -> None:
@@ -163,7 +170,13 @@ class Runner:
         ledger.ensure_tables(dst)
         lease, before, takeover = ledger.acquire(dst, p.name, fingerprint, ours=self._lease)
         self._lease = lease
-        heartbeat = _Heartbeat(p, lease, self)
+        heartbeat = Heartbeat(
+            p,
+            lease,
+            on_pause=lambda: self.request_stop("paused by `milepost pause`"),
+            on_checkpoint_request=self.checkpoints.request_manual,
+            on_lease_lost=self._lease_lost,
+        )
         heartbeat.start()
         self.checkpoints.start(lease)
         status, message, keep_lease = "failed", None, False
@@ -193,7 +206,7 @@ class Runner:
                 with dst.transaction():
                     ledger.set_state(dst, lease, status="running")
                 if phase == "copy" and before is not None:
-                    self._check_resume(src, dst, before, plans)
+                    check_resume(p, src, dst, before, plans, self.keeper, self.emit)
             if phase == "copy":
                 self._copy_phase(dst, lease, plans)
                 if self.stop.is_set() or self._errors:
@@ -244,67 +257,6 @@ class Runner:
                 # The destination may be what failed; the lease then lapses by itself.
                 with contextlib.suppress(Exception):
                     ledger.release(dst, lease, status, message)
-
-    def _check_resume(
-        self, src: Any, dst: Any, before: ledger.RunRow, plans: list[schema.DestinationPlan]
-    ) -> None:
-        """Resume never trusts blindly: a stream whose source drifted since its rows were
-        copied is refused (--strict) or started over, with a warning that says why."""
-        p = self.pipeline
-        recorded = {s.stream: s for s in ledger.read_streams(dst, p.name)}
-        chunks = ledger.read_chunks(dst, p.name)
-        facts = []
-        for plan in plans:
-            name = plan.source.stream.target
-            mine = [c for c in chunks if c.stream == name]
-            if not mine or all(c.status == "done" for c in mine):
-                continue
-            written = sum(c.rows_written for c in mine)
-            table = src.qualified(plan.source.name, plan.source.stream.schema_)
-            where = RangeFilter(where=plan.source.stream.where)
-            low, _ = src.cursor_bounds(table, plan.source.cursor, where)
-            counted = None
-            estimate = src.estimate_rows(plan.source.name, plan.source.stream.schema_)
-            if estimate is not None and estimate < written // 2:
-                # Estimates go stale; count before calling it drift.
-                query, params = where.sql(src.keyset(plan.source.cursor))
-                counted = int(
-                    src.query(f"SELECT count(*) FROM {table} WHERE {query}", params)[0][0]
-                )
-            rec = recorded.get(name)
-            facts.append(
-                recovery.StreamFacts(
-                    name, written, rec.min_cursor if rec else None, low, low is None, counted
-                )
-            )
-        for drift in recovery.find_drift(facts):
-            if p.strict:
-                raise ResumeRefused(
-                    f"Stream '{drift.stream}': {drift.reason}.",
-                    hint="Without --strict, milepost warns and copies that stream again from "
-                    "the start.",
-                )
-            self.emit(
-                Event(
-                    "message",
-                    stream=drift.stream,
-                    text=f"warning: stream '{drift.stream}': {drift.reason}; copying it again "
-                    "from the start",
-                )
-            )
-            with dst.transaction():
-                dst.execute(f"DELETE FROM {dst.quote(drift.stream)}")
-                ledger.restart_stream(dst, p.name, drift.stream)
-        saved = before.updated_at
-        try:
-            latest = self.keeper.latest_good(before.run_id)
-            if latest is not None:
-                saved = latest.created_at.timestamp()
-        except Exception as exc:  # the ledger is the truth; checkpoints only inform here
-            self.emit(Event("message", text=f"checkpoints not read: {exc}"))
-        warning = recovery.age_warning(saved, time.time(), p.checkpoints.retention.max_age_hours)
-        if warning:
-            self.emit(Event("message", text=f"warning: {warning}"))
 
     def _before_risky(self, dst: Any, run_id: str, plans: list[schema.DestinationPlan]) -> None:
         """Emptying tables that hold rows is undoable: back them up and checkpoint first.
@@ -496,7 +448,7 @@ class Runner:
         lease: ledger.Lease,
         tables: dict[str, schema.SourceTable],
     ) -> None:
-        conns = _WorkerConnections(self.pipeline)
+        conns = WorkerConnections(self.pipeline)
         try:
             while not self.stop.is_set():
                 try:
@@ -515,7 +467,7 @@ class Runner:
 
     def _copy_with_retry(
         self,
-        conns: _WorkerConnections,
+        conns: WorkerConnections,
         chunk: ledger.ChunkRow,
         lease: ledger.Lease,
         table: schema.SourceTable,
@@ -563,7 +515,7 @@ class Runner:
         )
 
     def _reread(
-        self, conns: _WorkerConnections, chunk: ledger.ChunkRow, known: dict[str, int]
+        self, conns: WorkerConnections, chunk: ledger.ChunkRow, known: dict[str, int]
     ) -> ledger.ChunkRow:
         """The chunk as the ledger has it. A batch whose COMMIT was sent just as the
         connection died may have committed after all: the ledger says, and it is counted."""
@@ -629,84 +581,6 @@ class Runner:
             f"({self.stop_reason}).",
             hint="Run the same command again to resume; --workers and --batch-size may change.",
         )
-
-
-class _WorkerConnections:
-    """A worker's source and destination connections, and the transfer path per stream."""
-
-    def __init__(self, pipeline: Pipeline) -> None:
-        self.pipeline = pipeline
-        self.src: Any = None
-        self.dst: Any = None
-        self.paths: dict[str, transfer.Transfer] = {}
-        self.broken = False
-
-    def open(self, table: schema.SourceTable | None) -> tuple[Any, Any, Any]:
-        if self.src is None:
-            self.src = connectors.connect(self.pipeline.source_url(), "source")
-        if self.dst is None:
-            self.dst = connectors.connect(self.pipeline.destination_url(), "destination")
-        self.broken = False
-        path = None
-        if table is not None:
-            target = table.stream.target
-            if target not in self.paths:
-                self.paths[target] = transfer.choose(self.src, self.dst, table)
-            path = self.paths[target]
-        return self.src, self.dst, path
-
-    def close(self) -> None:
-        for conn in (self.src, self.dst):
-            if conn is not None:
-                conn.close()
-        self.src = self.dst = None
-        self.paths.clear()
-
-
-class _Heartbeat(threading.Thread):
-    """Keeps the lease fresh on its own connection, so slow batches do not lose it, and
-    watches the ledger for `milepost pause` from any machine."""
-
-    POLL_S = 1.0
-
-    def __init__(self, pipeline: Pipeline, lease: ledger.Lease, runner: Runner) -> None:
-        super().__init__(name="milepost-heartbeat", daemon=True)
-        self.pipeline = pipeline
-        self.lease = lease
-        self.runner = runner
-        self._done = threading.Event()
-
-    def run(self) -> None:
-        conn = None
-        last_beat = time.monotonic()
-        while not self._done.wait(self.POLL_S):
-            try:
-                if conn is None:
-                    conn = connectors.connect(self.pipeline.destination_url(), "destination")
-                if time.monotonic() - last_beat >= ledger.HEARTBEAT_EVERY_S:
-                    ledger.heartbeat(conn, self.lease)
-                    last_beat = time.monotonic()
-                asked = ledger.read_requests(conn, self.lease)
-                if asked.pause:
-                    self.runner.request_stop("paused by `milepost pause`")
-                if asked.checkpoint:
-                    self.runner.checkpoints.request_manual(asked.checkpoint)
-            except LeaseLost as exc:
-                with self.runner._lock:
-                    self.runner._errors.append(exc)
-                self.runner.stop.set()
-                break
-            except Exception:
-                # A missed beat is harmless while the process lives; reconnect next time.
-                if conn is not None:
-                    conn.close()
-                conn = None
-        if conn is not None:
-            conn.close()
-
-    def finish(self) -> None:
-        self._done.set()
-        self.join(timeout=10)
 
 
 def _first_line(text: str) -> str:

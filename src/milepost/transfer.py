@@ -21,6 +21,8 @@ import datetime as dt
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from milepost import connectors
+from milepost.config import Pipeline
 from milepost.keyset import RangeFilter
 from milepost.schema import SourceTable
 from milepost.typemap import Logical
@@ -230,3 +232,35 @@ def choose(src: Any, dst: Any, table: SourceTable) -> Transfer:
     if dst.family == "postgresql":
         return RowsToCopy(*args)
     return RowsToInsert(*args)
+
+
+class WorkerConnections:
+    """A worker's source and destination connections, and the transfer path per stream."""
+
+    def __init__(self, pipeline: Pipeline) -> None:
+        self.pipeline = pipeline
+        self.src: Any = None
+        self.dst: Any = None
+        self.paths: dict[str, Transfer] = {}
+        self.broken = False
+
+    def open(self, table: SourceTable | None) -> tuple[Any, Any, Any]:
+        if self.src is None:
+            self.src = connectors.connect(self.pipeline.source_url(), "source")
+        if self.dst is None:
+            self.dst = connectors.connect(self.pipeline.destination_url(), "destination")
+        self.broken = False
+        path = None
+        if table is not None:
+            target = table.stream.target
+            if target not in self.paths:
+                self.paths[target] = choose(self.src, self.dst, table)
+            path = self.paths[target]
+        return self.src, self.dst, path
+
+    def close(self) -> None:
+        for conn in (self.src, self.dst):
+            if conn is not None:
+                conn.close()
+        self.src = self.dst = None
+        self.paths.clear()

@@ -11,7 +11,7 @@ import json
 import secrets
 import time
 
-from milepost import connectors, ledger
+from milepost import connectors, ledger, run_requests
 from milepost.checkpoints.keeper import CheckpointKeeper
 from milepost.checkpoints.model import Checkpoint
 from milepost.config import Pipeline
@@ -44,7 +44,7 @@ def create_checkpoint(
             return made.id
         token = secrets.token_hex(8)
         request = json.dumps({"token": token, "reason": reason})
-        if not ledger.request_checkpoint(dst, pipeline.name, request):
+        if not run_requests.request_checkpoint(dst, pipeline.name, request):
             made = keeper.take(dst, "manual", reason=reason)  # it stopped meanwhile
             return made.id
         deadline = time.monotonic() + timeout_s

@@ -21,7 +21,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from milepost import connectors, ledger
+from milepost import connectors, ledger, run_requests
 from milepost.checkpoints.keeper import CheckpointKeeper
 from milepost.checkpoints.model import Checkpoint, Kind
 from milepost.checkpoints.settings import CheckpointSettings
@@ -148,7 +148,7 @@ class RunCheckpoints:
         try:
             if conn is None:
                 conn = connectors.connect(self.pipeline.destination_url(), "destination")
-            ledger.answer_checkpoint(conn, self._lease, json.dumps(answer))
+            run_requests.answer_checkpoint(conn, self._lease, json.dumps(answer))
         except Exception as exc:
             self.emit(Event("message", text=f"could not answer a checkpoint request: {exc}"))
 
