@@ -36,6 +36,7 @@ bench: $(DEV_STAMP)
 	$(BIN)/python bench/copy_bench.py
 	$(BIN)/python bench/outage_bench.py
 	$(BIN)/python bench/checkpoint_bench.py
+	$(BIN)/python bench/verify_bench.py
 
 lint: $(DEV_STAMP)
 	$(BIN)/ruff check src tests bench

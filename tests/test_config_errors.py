@@ -138,8 +138,10 @@ def test_unknown_key_inside_a_stream_is_named_with_its_path(
 def test_designed_but_unsupported_key_says_so(
     tmp_path: Path, items: Database, dest: Database
 ) -> None:
-    path = write_pipeline(tmp_path, items.url, dest.url, verify={"mode": "full"})
-    err = assert_usage_error(run_cli(path), "'verify'")
+    path = write_pipeline(
+        tmp_path, items.url, dest.url, streams=[{"table": "items", "mode": "incremental"}]
+    )
+    err = assert_usage_error(run_cli(path), "'streams[0].mode'")
     assert "not supported by this version" in err
     assert tables(dest) == []
 
@@ -148,6 +150,8 @@ def test_designed_but_unsupported_key_says_so(
     ("extra", "names"),
     [
         ({"retry": {"max_attempts": 0}}, ["'retry.max_attempts'", "greater than or equal to 1"]),
+        ({"verify": {"mode": "most"}}, ["'verify.mode'", "'full', 'sample' or 'off'"]),
+        ({"verify": {"sample": 0}}, ["'verify.sample'", "greater than 0"]),
         ({"retry": {"initial_delay": 1}}, ["unknown key 'retry.initial_delay'"]),
         ({"on_row_error": "ignore"}, ["'on_row_error'", "'fail' or 'skip'"]),
         (

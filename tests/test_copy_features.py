@@ -11,10 +11,11 @@ import pytest
 import milepost
 from conftest import Database
 from milepost import connectors
-from milepost.errors import MilepostError
+from milepost.checksum import RangeSum as TableSum
+from milepost.checksum import table_sum
+from milepost.errors import VerificationFailed
 from milepost.events import Event
 from milepost.urls import parse_database_url
-from milepost.verify import TableSum, table_sum
 
 
 def pipeline(source: Database, dest: Database, streams: list[dict], **extra: Any):
@@ -282,7 +283,7 @@ def test_second_run_of_a_completed_pipeline_is_done_and_writes_nothing(
     pg.script("""
         CREATE TABLE events (id int PRIMARY KEY, at timestamptz NOT NULL, amount numeric);
         INSERT INTO events SELECT g, '2024-01-01 00:00+02'::timestamptz + g * interval '1 hour',
-            g / 3.0 FROM generate_series(1, 10) g
+            g / 4.0 FROM generate_series(1, 10) g
     """)
     p = pipeline(pg, dest_db, [{"table": "events"}], batch_size=4)
     first = milepost.run(p)
@@ -299,17 +300,33 @@ def test_second_run_of_a_completed_pipeline_is_done_and_writes_nothing(
     assert chunks(dest_db) == ledger_after_first
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="design: PostgreSQL's unbounded numeric maps to MySQL DECIMAL(65,30), and digits "
-    "past the 30th decimal place are rounded without an error",
-)
-def test_unbounded_decimal_is_not_silently_rounded_on_mysql(pg: Database, my: Database) -> None:
+def test_unbounded_decimal_rounded_by_mysql_is_caught_by_the_verify_phase(
+    pg: Database, my: Database
+) -> None:
+    """PostgreSQL's unbounded numeric maps to MySQL DECIMAL(65,30), which rounds digits past
+    the 30th decimal place without an error: the verify phase refuses to call that done."""
     value = Decimal("0.1234567890123456789012345678901234567")
     pg.sql("CREATE TABLE n (id int PRIMARY KEY, v numeric)")
     pg.sql("INSERT INTO n VALUES (1, %s)", (value,))
-    try:
+    with pytest.raises(VerificationFailed) as caught:
         milepost.run(pipeline(pg, my, [{"table": "n"}]))
-    except MilepostError:
-        return  # refusing loudly is an acceptable answer
-    assert my.sql("SELECT v FROM n") == [(value,)]
+    assert caught.value.exit_code == 4
+    assert "differs from the source, in n (" in str(caught.value)
+    assert my.sql("SELECT v FROM n") == [(Decimal("0.123456789012345678901234567890"),)]
+
+
+def test_digits_sqlite_cannot_hold_are_caught_by_the_verify_phase(
+    pg: Database, lite: Database
+) -> None:
+    """SQLite keeps 15 significant digits of a NUMERIC: 20 decimal places of 1/3 do not
+    survive, and the run says so before finalize instead of reporting success."""
+    pg.script("""
+        CREATE TABLE thirds (id int PRIMARY KEY, amount numeric);
+        INSERT INTO thirds SELECT g, g / 3.0 FROM generate_series(1, 6) g
+    """)
+    with pytest.raises(VerificationFailed) as caught:
+        milepost.run(pipeline(pg, lite, [{"table": "thirds"}], batch_size=100))
+    assert "thirds" in str(caught.value)
+    assert lite.sql("SELECT amount FROM thirds WHERE id = 1") == [(0.3333333333333333,)]
+    report = milepost.verify(pipeline(pg, lite, [{"table": "thirds"}], batch_size=100))
+    assert not report.equal and report.streams[0].source_rows == 6

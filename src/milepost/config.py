@@ -27,7 +27,6 @@ from milepost.urls import DatabaseUrl, parse_database_url
 _NOT_YET = {
     "query": "query streams",
     "mode": "incremental mode",
-    "verify": "the verify phase settings",
 }
 
 # Values never echoed back in an error: they may be, or contain, credentials.
@@ -100,6 +99,24 @@ class RetrySettings(_Strict):
     max_delay_s: float = Field(default=60.0, gt=0, le=86_400)
 
 
+class VerifySettings(_Strict):
+    """The verify phase between copy and finalize (docs/verify.md).
+
+    full: every chunk of every stream; sample: a random `sample` share of each stream's
+    chunks (at least one); off: none. After a resume, the streams the interrupted run
+    had started are verified in full whatever the mode.
+    """
+
+    mode: Literal["full", "sample", "off"] = "full"
+    sample: float = Field(default=0.1, gt=0, le=1)
+
+    @field_validator("mode", mode="before")
+    @classmethod
+    def _yaml_off(cls, value: Any) -> Any:
+        """YAML 1.1 reads a bare `off` as false: `mode: off` means what it says."""
+        return "off" if value is False else value
+
+
 class Pipeline(_Strict):
     """A whole migration: the model behind the YAML file and the Python API."""
 
@@ -118,6 +135,7 @@ class Pipeline(_Strict):
     # POSTed a JSON alert when a run gives up retrying; may carry a token, so never shown.
     alert_webhook: SecretStr | None = None
     checkpoints: CheckpointSettings = Field(default_factory=CheckpointSettings)
+    verify: VerifySettings = VerifySettings()
 
     @field_validator("name")
     @classmethod

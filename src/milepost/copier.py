@@ -19,7 +19,7 @@ from typing import Any
 from milepost import connectors, ledger
 from milepost.crash import crash_point
 from milepost.errors import CopyFailed, LeaseLost, RowRejected
-from milepost.keyset import Key, RangeFilter, encode_key
+from milepost.keyset import Key, RangeFilter, encode_key, show_key
 from milepost.rejects import Refused, write_around_refused
 from milepost.schema import SourceTable
 from milepost.transfer import Transfer
@@ -109,7 +109,7 @@ def _copy_batches(
                     return batch
                 raise CopyFailed(
                     f"Stream '{stream}', chunk {chunk.index}: the batch after cursor "
-                    f"{_show(batch.lo)} up to {_show(batch.end)} could not be written: "
+                    f"{show_key(batch.lo)} up to {show_key(batch.end)} could not be written: "
                     f"{_reason(exc)}",
                     hint="Every batch before it is committed; fix the cause and run again to "
                     "continue from there.",
@@ -140,7 +140,7 @@ def _write_refused_batch(
         if on_row_error != "skip":
             raise RowRejected(
                 f"Stream '{stream}', chunk {chunk.index}: the destination refused the row "
-                f"with cursor {_show(row.key)}: {row.reason}",
+                f"with cursor {show_key(row.key)}: {row.reason}",
                 hint="Every batch before it is committed. Fix the value or the destination "
                 "table and run again, or set `on_row_error: skip` to set such rows aside in "
                 "_milepost_rejected_rows and carry on.",
@@ -165,8 +165,8 @@ def _write_refused_batch(
         raise
     except Exception as exc:
         raise CopyFailed(
-            f"Stream '{stream}', chunk {chunk.index}: the batch after cursor {_show(batch.lo)} "
-            f"up to {_show(batch.end)} could not be written around its refused rows: "
+            f"Stream '{stream}', chunk {chunk.index}: the batch after cursor {show_key(batch.lo)} "
+            f"up to {show_key(batch.end)} could not be written around its refused rows: "
             f"{_reason(exc)}",
             hint="Every batch before it is committed; run again to continue from there.",
         ) from exc
@@ -198,7 +198,7 @@ def _plan_batches(
         except Exception as exc:
             raise CopyFailed(
                 f"Stream '{table.stream.target}', chunk {chunk.index}: reading the source "
-                f"after cursor {_show(watermark)} failed: {_reason(exc)}",
+                f"after cursor {show_key(watermark)} failed: {_reason(exc)}",
                 hint="Every batch before it is committed; run again to continue from there.",
             ) from exc
         yield _Planned(watermark, end, final, payload)
@@ -248,12 +248,6 @@ def _wait(taken: threading.Semaphore, finished: threading.Event) -> bool:
         if taken.acquire(timeout=0.1):
             return not finished.is_set()
     return False
-
-
-def _show(key: Key | None) -> str:
-    if key is None:
-        return "(start)"
-    return "(" + ", ".join(repr(v) for v in key) + ")"
 
 
 def _reason(exc: BaseException) -> str:

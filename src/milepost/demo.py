@@ -22,12 +22,12 @@ from rich.console import Console
 from rich.table import Table
 
 from milepost import connectors
+from milepost.checksum import table_sum
 from milepost.config import load_pipeline
 from milepost.errors import EXIT_DONE, EXIT_MISMATCH
 from milepost.progress import RichProgress
 from milepost.runner import Runner
 from milepost.urls import parse_database_url
-from milepost.verify import table_sum
 
 COUNTRIES = ["DE", "FR", "NO", "JP", "BR", "US", "ÎS", "ZA"]
 NAMES = ["Ana", "Björn", "Chloé", "Dmitri", "Eun-ji", "Fatima", "Göran", "Hiroshi", "Zoë"]

@@ -97,3 +97,11 @@ class RetriesExhausted(MilepostError):
     exit_code = EXIT_PAUSED
     final = True
     stream: str | None = None  # the stream that gave up, when one did
+
+
+class VerificationFailed(MilepostError):
+    """The destination does not hold what the source holds (`milepost verify`, the verify
+    phase). Nothing is lost: the differing ranges are named, and `--repair` re-copies them."""
+
+    exit_code = EXIT_MISMATCH
+    final = True

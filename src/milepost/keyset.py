@@ -78,6 +78,11 @@ def _untag(v: Any) -> Any:
     return v
 
 
+def show_key(key: Key | None, none: str = "(start)") -> str:
+    """A key as an operator reads it in a message: (42) or ('2024-01-01', 7)."""
+    return none if key is None else "(" + ", ".join(repr(v) for v in key) + ")"
+
+
 def verbatim(fragment: str, placeholder: str) -> str:
     """A user's SQL (a `where:`) escaped to mean exactly what they wrote: drivers with %s
     placeholders read a lone % as the start of one."""

@@ -4,7 +4,8 @@ Three small tables. `_milepost_runs` holds one row per pipeline: its run id, pha
 status and lease (owner host, pid, process start time, heartbeat, and a random
 token). `_milepost_streams` holds each stream's plan. `_milepost_chunks` holds each
 chunk's watermark and rows written. Beside them: `_milepost_rejected_rows` (rows set
-aside, milepost/rejects.py) and `_milepost_backups` (milepost/backup.py). What others
+aside, milepost/rejects.py), `_milepost_backups` (milepost/backup.py) and
+`_milepost_repairs` (milepost/repair.py). What others
 ask of a running run through these rows is in milepost/run_requests.py.
 
 A batch's rows and its chunk's ledger row commit in one destination transaction,
@@ -94,6 +95,21 @@ BACKUPS = sa.Table(
     sa.Column("table_name", sa.String(255), nullable=False),
     sa.Column("rows_saved", sa.BigInteger, nullable=False),
     sa.Column("created_at", sa.Double, nullable=False),
+)
+# Ranges `milepost verify --repair` re-copied (milepost/repair.py), each row written in the
+# transaction that deleted and copied its range again.
+REPAIRS = sa.Table(
+    "_milepost_repairs",
+    _meta,
+    sa.Column("id", sa.BigInteger().with_variant(sa.Integer, "sqlite"), primary_key=True),
+    sa.Column("pipeline", sa.String(100), nullable=False),
+    sa.Column("run_id", sa.String(32), nullable=False),
+    sa.Column("stream", sa.String(255), nullable=False),
+    sa.Column("lo", sa.Text),
+    sa.Column("hi", sa.Text),
+    sa.Column("rows_deleted", sa.BigInteger, nullable=False),
+    sa.Column("rows_copied", sa.BigInteger, nullable=False),
+    sa.Column("repaired_at", sa.Double, nullable=False),
 )
 # Rows the destination refused under `on_row_error: skip`, each with its reason. They are
 # written in the transaction of the batch they belong to, so they too exist exactly once.

@@ -22,7 +22,7 @@ from rich.text import Text
 from milepost.events import Event
 
 # Events a person reads as a line of text (batches show as the bars move).
-SHOWN = ("run", "message", "retry", "alert", "checkpoint", "finished")
+SHOWN = ("run", "message", "retry", "alert", "checkpoint", "verified", "finished")
 
 
 class RowsPerSecond(ProgressColumn):

@@ -16,7 +16,7 @@ from milepost.ledger import RunRow
 Action = Literal["fresh", "resume", "done", "refuse"]
 
 # Phases in the order a run passes them; "new" and "schema" hold no copied rows yet.
-PHASES = ("new", "schema", "copy", "finalize", "done")
+PHASES = ("new", "schema", "copy", "verify", "finalize", "done")
 
 
 @dataclass(frozen=True)

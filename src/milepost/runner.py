@@ -1,4 +1,4 @@
-"""A run, phase by phase: preflight, lease, schema, copy (parallel chunks), finalize.
+"""A run, phase by phase: preflight, lease, schema, copy (parallel chunks), verify, finalize.
 
 The runner decides nothing about resuming itself (`recovery.decide` does) and moves
 no rows itself (`copier.copy_chunk` does). It owns the order of phases, the workers,
@@ -43,6 +43,7 @@ from milepost.plan import foreign_key_order, plan_chunks
 from milepost.resume_checks import check_resume
 from milepost.retry import RetryPolicy
 from milepost.transfer import WorkerConnections
+from milepost.verify_phase import resumed_streams, verify_phase
 
 
 @dataclass
@@ -80,6 +81,7 @@ class Runner:
         self._rows_done: dict[str, int] = {}
         self._rows_total: dict[str, int | None] = {}
         self._lease: ledger.Lease | None = None  # held across retries of the whole run
+        self._resumed: set[str] = set()  # streams whose copy was interrupted and continued
         self._run_id = ""
 
     def _lease_lost(self, exc: LeaseLost) -> None:
@@ -196,6 +198,8 @@ class Runner:
                 Event("run", text=decision.reason, data={"run_id": run_id, "resumed": resumed})
             )
             phase = decision.phase if resumed else "schema"
+            if resumed:
+                self._resumed |= resumed_streams(dst, p.name)
             if phase == "schema":
                 self._schema_phase(src, dst, lease, run_id, fingerprint, plans)
                 # Emptied once; a retry of this run resumes what it has copied since.
@@ -213,8 +217,14 @@ class Runner:
                     status, message = self._stopped_status()
                     self._raise_stopped()
                 with dst.transaction():
-                    ledger.set_state(dst, lease, phase="finalize")
+                    ledger.set_state(dst, lease, phase="verify")
                 self.checkpoints.at(dst, "phase", "copy phase done")
+                phase = "verify"
+            if phase == "verify":
+                self._verify_phase(src, dst, lease)
+                with dst.transaction():
+                    ledger.set_state(dst, lease, phase="finalize")
+                self.checkpoints.at(dst, "phase", "verify phase done")
                 phase = "finalize"
             self.emit(Event("phase", text="finalize"))
             added = schema.add_foreign_keys(dst, plans)
@@ -257,6 +267,14 @@ class Runner:
                 # The destination may be what failed; the lease then lapses by itself.
                 with contextlib.suppress(Exception):
                     ledger.release(dst, lease, status, message)
+
+    def _verify_phase(self, src: Any, dst: Any, lease: ledger.Lease) -> None:
+        try:
+            verify_phase(
+                self.pipeline, src, dst, lease, self._resumed, self.emit, self.stop, self.origin
+            )
+        except InterruptedError:
+            self._raise_stopped()
 
     def _before_risky(self, dst: Any, run_id: str, plans: list[schema.DestinationPlan]) -> None:
         """Emptying tables that hold rows is undoable: back them up and checkpoint first.
@@ -521,6 +539,8 @@ class Runner:
         connection died may have committed after all: the ledger says, and it is counted."""
         _, dst, _ = conns.open(None)
         now = ledger.read_chunk(dst, self.pipeline.name, chunk.stream, chunk.index)
+        with self._lock:
+            self._resumed.add(chunk.stream)
         if now.batches > known["batches"]:
             extra = now.rows_written - known["rows"]
             known.update(rows=now.rows_written, batches=now.batches)

@@ -1,91 +1,516 @@
-"""Counts and order-independent checksums of a table, comparable across engines.
+"""Verification: prove the destination holds what the source holds, chunk by chunk.
 
-Each row is encoded canonically (numbers by value, timestamps in UTC, bytes as
-bytes, NULL distinct from empty) and hashed to 64 bits with BLAKE2b; a table's
-checksum is the sum of its row hashes modulo 2**64, so row order does not matter
-and a doubled row changes it. Rows are streamed from a server-side cursor, so memory stays
-bounded whatever the table's size.
+Each stream is compared over the cursor ranges its copy was planned in (the ledger's
+chunks; a pipeline that never ran is planned the same way). A range is compared by
+its row count and an order-independent 64-bit checksum on each side, computed where it
+is cheapest (`checksum_sql` inside the databases, `checksum` on the client). A range
+that differs is cut in half at a key read from an index, and each half compared again,
+until the differing ranges are at most one batch of rows: the report names where the
+data differ, not only that they do. Only the left half is summed; the right half's
+count and checksum are the parent's minus the left's (sums are additive).
 
-This is the client-side half of verification; chunked, in-database checksums and
-repair build on it.
+What a paused run has not copied yet is not compared, and is reported as pending: a
+verification checks what the ledger says is in the destination.
 """
 
 from __future__ import annotations
 
-import datetime as dt
-import hashlib
-import uuid
+import contextlib
+import math
+import random
+import threading
+import time
 from collections.abc import Sequence
-from dataclasses import dataclass
-from decimal import Decimal
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
 from typing import Any
 
-_MASK = (1 << 64) - 1
+import sqlalchemy as sa
+from psycopg.types.string import TextLoader
+
+from milepost import connectors, ledger, schema
+from milepost.checksum import RangeSum, RowHasher, sum_rows
+from milepost.checksum_sql import canonical_text, native_row_hash, text_sum_query
+from milepost.config import Pipeline
+from milepost.errors import ConfigError, LeaseHeld
+from milepost.events import Event, Listener, ignore
+from milepost.keyset import Key, RangeFilter, key_to_values
+from milepost.plan import plan_chunks
+
+# How a stream's ranges are summed (see checksum_sql and checksum).
+NATIVE = "in-database"  # same engine, same types: each type's own hash, inside the server
+TEXT = "in-database (canonical text)"  # any other pair: MD5 of one text per row
+CLIENT = "client"  # rows streamed and hashed by milepost, by value: settles what TEXT finds
+
+MAX_RANGES_PER_CHUNK = 16  # beyond this, a chunk's differences are reported coarser
 
 
 @dataclass(frozen=True)
-class TableSum:
-    rows: int
-    checksum: int
+class Difference:
+    """Rows with lo < cursor <= hi (None: open on that side) are not the same."""
+
+    stream: str
+    lo: Key | None
+    hi: Key | None
+    source_rows: int
+    destination_rows: int
+
+
+@dataclass
+class StreamReport:
+    stream: str
+    table: str
+    method: str
+    chunks: int
+    chunks_compared: int = 0
+    chunks_pending: int = 0
+    source_rows: int = 0
+    destination_rows: int = 0
+    differences: list[Difference] = field(default_factory=list)
+    chunks_differing: int = 0
+    settled_by_value: int = 0  # ranges whose text differed but whose values are equal
 
     @property
-    def hex(self) -> str:
-        return f"{self.checksum:016x}"
+    def equal(self) -> bool:
+        return not self.differences
 
 
-def canonical(value: Any) -> bytes:
-    """One value's engine-independent bytes, tagged by kind."""
-    if value is None:
-        return b"N"
-    if isinstance(value, bool):
-        return b"n1" if value else b"n0"
-    if isinstance(value, int | float | Decimal):
-        return b"n" + _number(value).encode()
-    if isinstance(value, str):
-        return b"s" + value.encode("utf-8")
-    if isinstance(value, bytes | bytearray | memoryview):
-        return b"x" + bytes(value)
-    if isinstance(value, dt.datetime):
-        if value.tzinfo is not None:
-            value = value.astimezone(dt.UTC).replace(tzinfo=None)
-        return b"t" + value.isoformat(" ").encode()
-    if isinstance(value, dt.date):
-        return b"d" + value.isoformat().encode()
-    if isinstance(value, dt.time):
-        return b"c" + value.replace(tzinfo=None).isoformat().encode()
-    if isinstance(value, dt.timedelta):
-        return b"c" + (dt.datetime.min + value).time().isoformat().encode()
-    if isinstance(value, uuid.UUID):
-        return b"s" + str(value).encode()
-    return b"s" + str(value).encode("utf-8")
+@dataclass
+class Report:
+    pipeline: str
+    streams: list[StreamReport]
+    seconds: float = 0.0
+
+    @property
+    def equal(self) -> bool:
+        return all(s.equal for s in self.streams)
+
+    @property
+    def differences(self) -> list[Difference]:
+        return [d for s in self.streams for d in s.differences]
+
+    def as_dict(self) -> dict[str, Any]:
+        """Plain JSON data for `milepost verify --json` (keys as tagged lists, like the
+        ledger's: an integer cursor is just [42])."""
+        return {
+            "pipeline": self.pipeline,
+            "equal": self.equal,
+            "seconds": round(self.seconds, 3),
+            "streams": [
+                {
+                    "stream": s.stream,
+                    "table": s.table,
+                    "equal": s.equal,
+                    "method": s.method,
+                    "source_rows": s.source_rows,
+                    "destination_rows": s.destination_rows,
+                    "chunks": s.chunks,
+                    "chunks_compared": s.chunks_compared,
+                    "chunks_pending": s.chunks_pending,
+                    "chunks_differing": s.chunks_differing,
+                    "settled_by_value": s.settled_by_value,
+                    "differences": [
+                        {
+                            "lo": key_doc(d.lo),
+                            "hi": key_doc(d.hi),
+                            "source_rows": d.source_rows,
+                            "destination_rows": d.destination_rows,
+                        }
+                        for d in s.differences
+                    ],
+                }
+                for s in self.streams
+            ],
+        }
 
 
-def _number(value: int | float | Decimal) -> str:
-    if isinstance(value, int):
-        return str(value)
-    d = Decimal(repr(value)) if isinstance(value, float) else value
-    if not d.is_finite():
-        return str(d)
-    if d == d.to_integral_value():
-        return str(int(d))
-    return format(d.normalize(), "f")
+def key_doc(key: Key | None) -> list[Any] | None:
+    return None if key is None else key_to_values(key)
 
 
-def row_hash(row: Sequence[Any]) -> int:
-    h = hashlib.blake2b(digest_size=8)
-    for value in row:
-        data = canonical(value)
-        h.update(len(data).to_bytes(4, "little"))
-        h.update(data)
-    return int.from_bytes(h.digest(), "little")
+@dataclass(frozen=True)
+class Task:
+    stream: str
+    chunk: int
+    lo: Key | None
+    hi: Key | None
 
 
-def table_sum(conn: Any, table: str, columns: Sequence[str], where: str | None = None) -> TableSum:
-    """Count and checksum `columns` of `table`, streamed in bounded memory, in any order."""
-    cols = ", ".join(conn.quote(c) for c in columns)
-    query = f"SELECT {cols} FROM {table}" + (f" WHERE {conn.verbatim(where)}" if where else "")
-    rows, total = 0, 0
-    for row in conn.stream_rows(query):
-        total = (total + row_hash(row)) & _MASK
-        rows += 1
-    return TableSum(rows, total)
+# --- comparing one range -------------------------------------------------------------
+
+
+class RangeComparer:
+    """Sums and narrows ranges of one stream over one pair of connections."""
+
+    def __init__(
+        self, src: Any, dst: Any, table: schema.SourceTable, method: str, batch_size: int
+    ) -> None:
+        self.src, self.dst, self.table, self.method = src, dst, table, method
+        self.stream = table.stream.target
+        self.src_table = src.qualified(table.name, table.stream.schema_)
+        self.dst_table = dst.quote(table.stream.target)
+        self.narrow_to = max(1, batch_size)
+        self.hasher = RowHasher([table.logical.get(c) for c in table.columns])
+        self.settled_by_value = 0
+        self._expr: dict[tuple[str, str], str] = {}
+
+    def compare(self, lo: Key | None, hi: Key | None, s: RangeSum, d: RangeSum) -> list[Difference]:
+        """The differing ranges within (lo, hi], whose sums by this comparer's method are
+        `s` and `d`, narrowed; empty when equal."""
+        if s == d:
+            return []
+        method = self.method
+        if method == TEXT:
+            # Text differs; the values may not (JSON key order, float notation): ask by value.
+            method = CLIENT
+            s, d = self.sums(CLIENT, lo, hi)
+            if s == d:
+                self.settled_by_value += 1
+                return []
+        return self._narrow(method, lo, hi, s, d)
+
+    def sums(self, method: str, lo: Key | None, hi: Key | None) -> tuple[RangeSum, RangeSum]:
+        where = self.table.stream.where
+        src = self._sum(method, self.src, self.src_table, RangeFilter(lo, hi, where), "src")
+        dst = self._sum(method, self.dst, self.dst_table, RangeFilter(lo, hi), "dst")
+        return src, dst
+
+    def _sum(self, method: str, conn: Any, table: str, rng: RangeFilter, side: str) -> RangeSum:
+        where, params = rng.sql(conn.keyset(self.table.cursor))
+        if method == CLIENT:
+            cols = ", ".join(conn.quote(c) for c in self.table.columns)
+            rows = conn.stream_rows(f"SELECT {cols} FROM {table} WHERE {where}", params)
+            # Closed even when hashing a row fails: a PostgreSQL stream holds a transaction
+            # open until its generator ends.
+            with contextlib.closing(rows):
+                return sum_rows(rows, self.hasher)
+        sql = self._sum_query(method, conn, table, side, where)
+        count, total = conn.query(sql, params)[0]
+        return RangeSum(int(count), int(total or 0))
+
+    def _sum_query(self, method: str, conn: Any, table: str, side: str, where: str) -> str:
+        key = (method, side)
+        if key not in self._expr:
+            columns = self.table.columns
+            if method == NATIVE:
+                h = native_row_hash(conn, table, columns)
+                self._expr[key] = f"SELECT count(*), SUM({h}) FROM {table} WHERE {{where}}"
+            else:
+                kinds = [self.table.logical.get(c) for c in columns]
+                text = canonical_text(conn, columns, kinds)
+                self._expr[key] = text_sum_query(conn, table, text, "{where}")
+        return self._expr[key].replace("{where}", where)
+
+    def _narrow(
+        self, method: str, lo: Key | None, hi: Key | None, s: RangeSum, d: RangeSum
+    ) -> list[Difference]:
+        """Halve differing ranges until each is at most one batch of rows (or too many)."""
+        found: list[Difference] = []
+        todo = [(lo, hi, s, d)]
+        while todo:
+            lo, hi, s, d = todo.pop()
+            mid = None
+            small = max(s.rows, d.rows) <= self.narrow_to
+            # Split only while the halves (two ranges where this is one) stay in bounds.
+            if not small and len(found) + len(todo) + 2 <= MAX_RANGES_PER_CHUNK:
+                mid = self._middle(lo, hi, s, d)
+            if mid is None:
+                found.append(Difference(self.stream, lo, hi, s.rows, d.rows))
+                continue
+            ls, ld = self.sums(method, lo, mid)
+            rs = RangeSum(s.rows - ls.rows, s.checksum - ls.checksum)
+            rd = RangeSum(d.rows - ld.rows, d.checksum - ld.checksum)
+            if ls != ld:
+                todo.append((lo, mid, ls, ld))
+            if rs != rd:
+                todo.append((mid, hi, rs, rd))
+        return sorted(found, key=lambda f: _order(f.lo))
+
+    def _middle(self, lo: Key | None, hi: Key | None, s: RangeSum, d: RangeSum) -> Key | None:
+        """A key that halves the side with more rows in the range (None: cannot split)."""
+        if s.rows >= d.rows:
+            conn, table, where, n = self.src, self.src_table, self.table.stream.where, s.rows
+        else:
+            conn, table, where, n = self.dst, self.dst_table, None, d.rows
+        if n < 2:
+            return None
+        key, _ = conn.next_batch_end(table, self.table.cursor, RangeFilter(lo, hi, where), n // 2)
+        if key is None or key in (hi, lo):
+            return None
+        return tuple(key)
+
+
+def _order(key: Key | None) -> tuple[bool, Key]:
+    """Ranges of one stream in cursor order, the one open below first."""
+    return (key is not None, key or ())
+
+
+def choose_method(src: Any, dst: Any, table: schema.SourceTable) -> str:
+    """The cheapest way to sum this stream's ranges that compares every value."""
+    families = {src.family, dst.family}
+    if families == {"postgresql"}:
+        src_table = src.qualified(table.name, table.stream.schema_)
+        dst_table = dst.quote(table.stream.target)
+        wanted = set(table.columns)
+        mine = sorted(t for t in src.column_types(src_table) if t.split(":", 1)[0] in wanted)
+        theirs = sorted(t for t in dst.column_types(dst_table) if t.split(":", 1)[0] in wanted)
+        return NATIVE if mine == theirs else TEXT
+    return TEXT
+
+
+# --- which ranges -------------------------------------------------------------------
+
+
+def plan_tasks(
+    src: Any,
+    dst: Any,
+    pipeline: Pipeline,
+    table: schema.SourceTable,
+    chunks: list[ledger.ChunkRow] | None,
+) -> tuple[list[Task], int, int]:
+    """The ranges to compare for one stream, its number of chunks, and how many of them
+    are not completely copied yet (a chunk copied in part is compared up to its watermark).
+
+    With a ledger: each chunk up to its watermark. Without one (never run here): the
+    chunks a run would plan.
+    """
+    stream = table.stream.target
+    if chunks:
+        tasks, pending = [], 0
+        for c in sorted(chunks, key=lambda c: c.index):
+            if c.status == "done":
+                tasks.append(Task(stream, c.index, c.lo, c.hi))
+            elif c.watermark is not None:
+                tasks.append(Task(stream, c.index, c.lo, c.watermark))
+                pending += 1
+            else:
+                pending += 1
+        return tasks, len(chunks), pending
+    src_table = src.qualified(table.name, table.stream.schema_)
+    estimate = src.estimate_rows(table.name, table.stream.schema_)
+    planned = plan_chunks(src, table, src_table, estimate, pipeline.batch_size)
+    return [Task(stream, c.index, c.lo, c.hi) for c in planned], len(planned), 0
+
+
+def sample(tasks: list[Task], fraction: float, rng: random.Random | None = None) -> list[Task]:
+    """A random share of a stream's ranges, at least one."""
+    if not tasks or fraction >= 1:
+        return tasks
+    k = max(1, math.ceil(len(tasks) * fraction))
+    chosen = (rng or random.Random()).sample(range(len(tasks)), k)
+    return [tasks[i] for i in sorted(chosen)]
+
+
+# --- a whole verification --------------------------------------------------------------
+
+
+class Verifier:
+    """Compares the streams of a pipeline with `workers` threads, each with its own
+    connections to both sides."""
+
+    def __init__(
+        self,
+        pipeline: Pipeline,
+        *,
+        workers: int | None = None,
+        on_event: Listener = ignore,
+        stop: threading.Event | None = None,
+    ) -> None:
+        self.pipeline = pipeline
+        self.workers = max(1, workers or pipeline.workers)
+        self.emit = on_event
+        self.stop = stop or threading.Event()
+        self._local = threading.local()
+        self._opened: list[Any] = []
+        self._lock = threading.Lock()
+        self._tables: dict[str, schema.SourceTable] = {}
+        self._methods: dict[str, str] = {}
+
+    def run(
+        self,
+        src: Any,
+        dst: Any,
+        *,
+        full: Sequence[str] | None = None,
+        fraction: float = 1.0,
+        only: Sequence[str] | None = None,
+        run_holder: ledger.Lease | None = None,
+    ) -> Report:
+        """Verify every stream (or `only` these); streams outside `full` are sampled at
+        `fraction` of their chunks. `run_holder` is the runner's own lease: a verification
+        from the CLI refuses while a live runner is writing."""
+        chunks_by_stream = self._prepare(src, dst, only, run_holder)
+        reports: dict[str, StreamReport] = {}
+        tasks: list[Task] = []
+        for target, t in self._tables.items():
+            planned, total, pending = plan_tasks(
+                src, dst, self.pipeline, t, chunks_by_stream.get(target)
+            )
+            chosen = planned if full is None or target in full else sample(planned, fraction)
+            reports[target] = StreamReport(
+                target,
+                target,
+                self._methods[target],
+                chunks=total,
+                chunks_compared=len(chosen),
+                chunks_pending=pending,
+            )
+            tasks.extend(chosen)
+        return self._execute(reports, tasks)
+
+    def recheck(self, src: Any, dst: Any, differences: Sequence[Difference]) -> Report:
+        """Compare exactly these ranges again (after a repair)."""
+        streams = sorted({d.stream for d in differences})
+        self._prepare(src, dst, streams, None)
+        tasks = [Task(d.stream, i, d.lo, d.hi) for i, d in enumerate(differences)]
+        reports = {
+            s: StreamReport(
+                s,
+                s,
+                self._methods[s],
+                chunks=sum(t.stream == s for t in tasks),
+                chunks_compared=sum(t.stream == s for t in tasks),
+            )
+            for s in streams
+        }
+        return self._execute(reports, tasks)
+
+    def _prepare(
+        self, src: Any, dst: Any, only: Sequence[str] | None, run_holder: ledger.Lease | None
+    ) -> dict[str, list[ledger.ChunkRow]]:
+        """Reflect the streams, choose how to sum each, and read the ledger's chunks."""
+        chunks_by_stream: dict[str, list[ledger.ChunkRow]] = {}
+        # End any read this connection had open: a MySQL snapshot taken before the copy
+        # would show the chunks as they were then.
+        dst.raw.commit()
+        if ledger.tables_exist(dst):
+            ledger.ensure_tables(dst)
+            run = ledger.read_run(dst, self.pipeline.name)
+            if run is not None and run_holder is None:
+                refuse_if_running(run)
+            for c in ledger.read_chunks(dst, self.pipeline.name):
+                chunks_by_stream.setdefault(c.stream, []).append(c)
+        tables = [schema.inspect_source(src, s) for s in self.pipeline.streams]
+        if only is not None:
+            tables = [t for t in tables if t.stream.target in only]
+        self._tables = {t.stream.target: t for t in tables}
+        self._methods = {}
+        for t in tables:
+            _require_destination_table(dst, t)
+            self._methods[t.stream.target] = choose_method(src, dst, t)
+        return chunks_by_stream
+
+    def _execute(self, reports: dict[str, StreamReport], tasks: list[Task]) -> Report:
+        started = time.monotonic()
+        self.emit(Event("phase", text="verify", data={"ranges": len(tasks)}))
+        try:
+            with ThreadPoolExecutor(self.workers, thread_name_prefix="milepost-verify") as pool:
+                results = list(pool.map(self._compare, tasks))
+        finally:
+            self._local = threading.local()
+            for conn in self._opened:
+                conn.close()
+            self._opened.clear()
+        for task, (s, d, diffs, settled) in zip(tasks, results, strict=True):
+            r = reports[task.stream]
+            r.source_rows += s
+            r.destination_rows += d
+            r.settled_by_value += settled
+            if diffs:
+                r.chunks_differing += 1
+                r.differences.extend(diffs)
+        for r in reports.values():
+            r.differences.sort(key=lambda f: _order(f.lo))
+            self.emit(_stream_event(r))
+        return Report(self.pipeline.name, list(reports.values()), time.monotonic() - started)
+
+    def _compare(self, task: Task) -> tuple[int, int, list[Difference], int]:
+        if self.stop.is_set():
+            raise InterruptedError("verification stopped")
+        comparer = self._comparer(task.stream)
+        before = comparer.settled_by_value
+        try:
+            s, d = comparer.sums(comparer.method, task.lo, task.hi)
+            diffs: list[Difference] = []
+            if s != d:
+                diffs = comparer.compare(task.lo, task.hi, s, d)
+        finally:
+            comparer.dst.raw.commit()  # no snapshot or transaction outlives its range
+        return s.rows, d.rows, diffs, comparer.settled_by_value - before
+
+    def _comparer(self, stream: str) -> RangeComparer:
+        conns = getattr(self._local, "conns", None)
+        if conns is None:
+            src = connectors.connect(self.pipeline.source_url(), "source")
+            dst = connectors.connect(self.pipeline.destination_url(), "destination")
+            with self._lock:
+                self._opened.extend([src, dst])
+            if dst.family == "postgresql":
+                # JSON as text, as the source connection reads it: parsed, the JSON
+                # string "x" would arrive as the text x, which is not JSON.
+                for name in ("json", "jsonb"):
+                    dst.raw.adapters.register_loader(name, TextLoader)
+            conns = self._local.conns = (src, dst, {})
+        src, dst, comparers = conns
+        if stream not in comparers:
+            comparers[stream] = RangeComparer(
+                src, dst, self._tables[stream], self._methods[stream], self.pipeline.batch_size
+            )
+        return comparers[stream]
+
+
+def _stream_event(r: StreamReport) -> Event:
+    state = "equal" if r.equal else f"{len(r.differences)} differing range(s)"
+    return Event(
+        "verified",
+        stream=r.stream,
+        rows_done=r.source_rows,
+        text=f"{r.stream}: {state} ({r.chunks_compared} of {r.chunks} chunk(s) compared, "
+        f"{r.method})",
+        data={"equal": r.equal, "differences": len(r.differences)},
+    )
+
+
+def refuse_if_running(run: ledger.RunRow) -> None:
+    now = time.time()
+    if run.lease_token and ledger.holder_is_alive(run, now):
+        raise LeaseHeld(
+            f"Pipeline '{run.pipeline}' is being run by {ledger.describe_holder(run, now)}; "
+            "its destination is changing under the comparison.",
+            hint="Pause it first (`milepost pause`), or let it finish: a run verifies by "
+            "itself before finalize.",
+        )
+
+
+def _require_destination_table(dst: Any, table: schema.SourceTable) -> None:
+    if not sa.inspect(dst.sqlalchemy_engine()).has_table(table.stream.target):
+        raise ConfigError(
+            f"Stream '{table.stream.target}': the destination table '{table.stream.target}' "
+            f"does not exist in {dst.url.masked}; there is nothing to compare.",
+            hint="Run the pipeline first (`milepost run`).",
+        )
+
+
+def verify(
+    pipeline: Pipeline,
+    *,
+    workers: int | None = None,
+    on_event: Listener = ignore,
+    fraction: float = 1.0,
+    ranges: Sequence[Difference] | None = None,
+) -> Report:
+    """Verify a pipeline from outside a run (the CLI and the Python API): every stream,
+    a `fraction` of each stream's chunks, or exactly `ranges` (after a repair)."""
+    src = connectors.connect(pipeline.source_url(), "source")
+    try:
+        dst = connectors.connect(pipeline.destination_url(), "destination")
+        try:
+            verifier = Verifier(pipeline, workers=workers, on_event=on_event)
+            if ranges is not None:
+                return verifier.recheck(src, dst, ranges)
+            full = None if fraction >= 1 else ()
+            return verifier.run(src, dst, full=full, fraction=fraction)
+        finally:
+            dst.close()
+    finally:
+        src.close()

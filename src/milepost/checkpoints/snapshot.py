@@ -25,7 +25,13 @@ from milepost.checkpoints.model import (
 from milepost.config import Pipeline
 from milepost.errors import MilepostError
 
-_PHASES = {"new": "schema", "schema": "schema", "copy": "copy", "finalize": "finalize"}
+_PHASES = {
+    "new": "schema",
+    "schema": "schema",
+    "copy": "copy",
+    "verify": "verify",
+    "finalize": "finalize",
+}
 
 
 def take_snapshot(
