@@ -378,7 +378,12 @@ def test_every_records_takes_one_automatic_checkpoint_per_due_batch_and_phases_a
     # Taken after the batch that made it due, on that batch's boundary, not later.
     assert [d["rows_done"] for d in auto_docs] == due
     phases = [(d["reason"], d["rows_done"]) for d in docs if d["kind"] == "phase"]
-    assert phases == [("schema phase done", 0), ("copy phase done", ROWS), ("run complete", ROWS)]
+    assert phases == [
+        ("schema phase done", 0),
+        ("copy phase done", ROWS),
+        ("verify phase done", ROWS),
+        ("run complete", ROWS),
+    ]
     assert [d["status"] for d in docs] == ["superseded"] * (len(docs) - 1) + ["active"]
 
     trail = milepost("checkpoints", "show", str(path), automatic[0], cwd=tmp_path)
@@ -923,8 +928,9 @@ def test_a_run_keeps_its_checkpoints_in_any_store_and_lists_them(
     assert rc == 0, run.describe(rc)
     taken = [e["data"]["id"] for e in run.events if e["kind"] == "checkpoint"]
     docs = listed(path)
-    assert [d["id"] for d in docs] == taken and len(taken) == 3, (docs, taken)
-    assert [d["kind"] for d in docs] == ["phase"] * 3
+    # schema, copy and verify phases done, and the run complete
+    assert [d["id"] for d in docs] == taken and len(taken) == 4, (docs, taken)
+    assert [d["kind"] for d in docs] == ["phase"] * 4
     assert not (tmp_path / ".milepost").exists(), "checkpoints went to the default directory"
     if kind == "s3":
         client = boto3.client(

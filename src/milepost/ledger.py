@@ -560,6 +560,20 @@ def record_rejected(
         )
 
 
+def read_set_aside(conn: Any, pipeline: str) -> dict[str, list[Key]]:
+    """Per stream, the cursor values of the rows set aside under `on_row_error: skip`."""
+    rows = conn.query(
+        _sql(conn, "SELECT stream, cursor_value FROM _milepost_rejected_rows WHERE pipeline = %s"),
+        [pipeline],
+    )
+    found: dict[str, list[Key]] = {}
+    for stream, value in rows:
+        key = decode_key(value)
+        if key is not None:
+            found.setdefault(stream, []).append(key)
+    return found
+
+
 def restart_stream(conn: Any, pipeline: str, stream: str) -> None:
     """Every chunk of a stream back to not started, its set-aside rows forgotten: the
     stream is copied again from the start (its destination rows are the caller's)."""

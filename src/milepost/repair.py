@@ -24,7 +24,7 @@ from milepost.config import Pipeline
 from milepost.errors import CopyFailed, LeaseLost
 from milepost.events import Event, Listener, ignore
 from milepost.keyset import Key, RangeFilter, encode_key, show_key
-from milepost.verify import Difference
+from milepost.verify import Difference, in_range
 
 _sql = ledger.portable_sql
 
@@ -73,6 +73,7 @@ def _repair_all(
 ) -> list[Repaired]:
     run = ledger.read_run(dst, pipeline.name)
     run_id = run.run_id if run is not None else ""
+    set_aside = ledger.read_set_aside(dst, pipeline.name)
     by_target = {s.target: s for s in pipeline.streams}
     tables: dict[str, schema.SourceTable] = {}
     paths: dict[str, transfer.Transfer] = {}
@@ -87,7 +88,8 @@ def _repair_all(
             with dst.transaction():
                 _hold(dst, lease)
                 deleted = _delete_range(dst, table, diff)
-                copied = _copy_range(src, path, table, diff, pipeline.batch_size)
+                skip = tuple(set_aside.get(diff.stream, ()))
+                copied = _copy_range(src, path, table, diff, pipeline.batch_size, skip)
                 _record(dst, lease, run_id, diff, deleted, copied)
         except LeaseLost:
             raise
@@ -130,9 +132,15 @@ def _delete_range(dst: Any, table: schema.SourceTable, diff: Difference) -> int:
 
 
 def _copy_range(
-    src: Any, path: transfer.Transfer, table: schema.SourceTable, diff: Difference, batch: int
+    src: Any,
+    path: transfer.Transfer,
+    table: schema.SourceTable,
+    diff: Difference,
+    batch: int,
+    set_aside: tuple[Key, ...],
 ) -> int:
-    """The source's rows of the range, a batch at a time (memory stays bounded)."""
+    """The source's rows of the range, a batch at a time (memory stays bounded), but for
+    the rows set aside (`on_row_error: skip`): the destination refused them before."""
     src_table = src.qualified(table.name, table.stream.schema_)
     where = table.stream.where
     copied, after = 0, diff.lo
@@ -142,7 +150,8 @@ def _copy_range(
         )
         if end is None:
             return copied
-        copied += path.write(path.read(RangeFilter(after, end, where)))
+        rows = RangeFilter(after, end, where, in_range(set_aside, after, end))
+        copied += path.write(path.read(rows))
         if final:
             return copied
         after = end

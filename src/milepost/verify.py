@@ -15,7 +15,9 @@ verification checks what the ledger says is in the destination.
 
 from __future__ import annotations
 
+import collections
 import contextlib
+import datetime as dt
 import math
 import random
 import threading
@@ -23,10 +25,10 @@ import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from decimal import Decimal
 from typing import Any
 
 import sqlalchemy as sa
-from psycopg.types.string import TextLoader
 
 from milepost import connectors, ledger, schema
 from milepost.checksum import RangeSum, RowHasher, sum_rows
@@ -69,6 +71,7 @@ class StreamReport:
     differences: list[Difference] = field(default_factory=list)
     chunks_differing: int = 0
     settled_by_value: int = 0  # ranges whose text differed but whose values are equal
+    rows_set_aside: int = 0  # left out of the source side: see _milepost_rejected_rows
 
     @property
     def equal(self) -> bool:
@@ -109,6 +112,7 @@ class Report:
                     "chunks_pending": s.chunks_pending,
                     "chunks_differing": s.chunks_differing,
                     "settled_by_value": s.settled_by_value,
+                    "rows_set_aside": s.rows_set_aside,
                     "differences": [
                         {
                             "lo": key_doc(d.lo),
@@ -143,9 +147,19 @@ class RangeComparer:
     """Sums and narrows ranges of one stream over one pair of connections."""
 
     def __init__(
-        self, src: Any, dst: Any, table: schema.SourceTable, method: str, batch_size: int
+        self,
+        src: Any,
+        dst: Any,
+        table: schema.SourceTable,
+        method: str,
+        batch_size: int,
+        set_aside: Sequence[Key] = (),
     ) -> None:
         self.src, self.dst, self.table, self.method = src, dst, table, method
+        # Rows the copy set aside (on_row_error: skip) are known not to be in the
+        # destination: the source side leaves them out.
+        self.set_aside = tuple(set_aside)
+        self.ranges_agree = orders_alike(table)
         self.stream = table.stream.target
         self.src_table = src.qualified(table.name, table.stream.schema_)
         self.dst_table = dst.quote(table.stream.target)
@@ -170,10 +184,12 @@ class RangeComparer:
         return self._narrow(method, lo, hi, s, d)
 
     def sums(self, method: str, lo: Key | None, hi: Key | None) -> tuple[RangeSum, RangeSum]:
-        where = self.table.stream.where
-        src = self._sum(method, self.src, self.src_table, RangeFilter(lo, hi, where), "src")
+        src = self._sum(method, self.src, self.src_table, self._source_range(lo, hi), "src")
         dst = self._sum(method, self.dst, self.dst_table, RangeFilter(lo, hi), "dst")
         return src, dst
+
+    def _source_range(self, lo: Key | None, hi: Key | None) -> RangeFilter:
+        return RangeFilter(lo, hi, self.table.stream.where, in_range(self.set_aside, lo, hi))
 
     def _sum(self, method: str, conn: Any, table: str, rng: RangeFilter, side: str) -> RangeSum:
         where, params = rng.sql(conn.keyset(self.table.cursor))
@@ -206,9 +222,10 @@ class RangeComparer:
     ) -> list[Difference]:
         """Halve differing ranges until each is at most one batch of rows (or too many)."""
         found: list[Difference] = []
-        todo = [(lo, hi, s, d)]
+        # Breadth first: under the cap, every range is cut as finely as the others.
+        todo = collections.deque([(lo, hi, s, d)])
         while todo:
-            lo, hi, s, d = todo.pop()
+            lo, hi, s, d = todo.popleft()
             mid = None
             small = max(s.rows, d.rows) <= self.narrow_to
             # Split only while the halves (two ranges where this is one) stay in bounds.
@@ -228,16 +245,41 @@ class RangeComparer:
 
     def _middle(self, lo: Key | None, hi: Key | None, s: RangeSum, d: RangeSum) -> Key | None:
         """A key that halves the side with more rows in the range (None: cannot split)."""
+        if not self.ranges_agree:
+            return None
         if s.rows >= d.rows:
-            conn, table, where, n = self.src, self.src_table, self.table.stream.where, s.rows
+            conn, table, rng, n = self.src, self.src_table, self._source_range(lo, hi), s.rows
         else:
-            conn, table, where, n = self.dst, self.dst_table, None, d.rows
+            conn, table, rng, n = self.dst, self.dst_table, RangeFilter(lo, hi), d.rows
         if n < 2:
             return None
-        key, _ = conn.next_batch_end(table, self.table.cursor, RangeFilter(lo, hi, where), n // 2)
+        key, _ = conn.next_batch_end(table, self.table.cursor, rng, n // 2)
         if key is None or key in (hi, lo):
             return None
         return tuple(key)
+
+
+_COLLATED = {"text", "varchar"}
+
+
+def orders_alike(table: schema.SourceTable) -> bool:
+    """Do both sides put this stream's cursor keys in the same order?
+
+    Not when the cursor holds text: each database sorts it by its own collation
+    (case-insensitive in many MySQL databases), so a range (lo, hi] can hold different
+    rows on each side. Such a stream is compared, and repaired, only as a whole.
+    """
+    kinds = [table.logical.get(c) for c in table.cursor]
+    return all(k is not None and k.kind not in _COLLATED for k in kinds)
+
+
+def in_range(keys: Sequence[Key], lo: Key | None, hi: Key | None) -> tuple[Key, ...]:
+    """The keys that may lie in (lo, hi]: those that do when Python orders them as the
+    databases do (numbers, dates, times), every one otherwise (text: collations differ)."""
+    ordered = (int, float, Decimal, dt.date, dt.time)
+    if not all(isinstance(v, ordered) and not isinstance(v, bool) for k in keys for v in k):
+        return tuple(keys)
+    return tuple(k for k in keys if (lo is None or k > lo) and (hi is None or k <= hi))
 
 
 def _order(key: Key | None) -> tuple[bool, Key]:
@@ -275,10 +317,13 @@ def plan_tasks(
     chunks a run would plan.
     """
     stream = table.stream.target
+    whole_only = not orders_alike(table)
     if chunks:
         tasks, pending = [], 0
         for c in sorted(chunks, key=lambda c: c.index):
-            if c.status == "done":
+            if whole_only and (c.status != "done" or c.lo is not None or c.hi is not None):
+                pending += 1  # a part of a text range cannot be told apart on both sides
+            elif c.status == "done":
                 tasks.append(Task(stream, c.index, c.lo, c.hi))
             elif c.watermark is not None:
                 tasks.append(Task(stream, c.index, c.lo, c.watermark))
@@ -325,6 +370,7 @@ class Verifier:
         self._lock = threading.Lock()
         self._tables: dict[str, schema.SourceTable] = {}
         self._methods: dict[str, str] = {}
+        self._set_aside: dict[str, list[Key]] = {}
 
     def run(
         self,
@@ -354,6 +400,7 @@ class Verifier:
                 chunks=total,
                 chunks_compared=len(chosen),
                 chunks_pending=pending,
+                rows_set_aside=len(self._set_aside.get(target, ())),
             )
             tasks.extend(chosen)
         return self._execute(reports, tasks)
@@ -390,6 +437,7 @@ class Verifier:
                 refuse_if_running(run)
             for c in ledger.read_chunks(dst, self.pipeline.name):
                 chunks_by_stream.setdefault(c.stream, []).append(c)
+            self._set_aside = ledger.read_set_aside(dst, self.pipeline.name)
         tables = [schema.inspect_source(src, s) for s in self.pipeline.streams]
         if only is not None:
             tables = [t for t in tables if t.stream.target in only]
@@ -445,16 +493,19 @@ class Verifier:
             dst = connectors.connect(self.pipeline.destination_url(), "destination")
             with self._lock:
                 self._opened.extend([src, dst])
-            if dst.family == "postgresql":
-                # JSON as text, as the source connection reads it: parsed, the JSON
-                # string "x" would arrive as the text x, which is not JSON.
-                for name in ("json", "jsonb"):
-                    dst.raw.adapters.register_loader(name, TextLoader)
+            # JSON as text, as a source connection reads it: parsed, the JSON string
+            # "x" would arrive as the text x, which is not JSON.
+            dst.read_json_as_text()
             conns = self._local.conns = (src, dst, {})
         src, dst, comparers = conns
         if stream not in comparers:
             comparers[stream] = RangeComparer(
-                src, dst, self._tables[stream], self._methods[stream], self.pipeline.batch_size
+                src,
+                dst,
+                self._tables[stream],
+                self._methods[stream],
+                self.pipeline.batch_size,
+                self._set_aside.get(stream, ()),
             )
         return comparers[stream]
 

@@ -44,7 +44,6 @@ def verify_phase(
     if settings.mode == "off" and not resumed:
         emit(Event("message", text="verify phase skipped (verify.mode: off)"))
         return None
-    emit(Event("phase", text="verify"))
     only = targets if settings.mode != "off" else [t for t in targets if t in resumed]
     full = targets if settings.mode == "full" else [t for t in targets if t in resumed]
     report = Verifier(pipeline, on_event=emit, stop=stop).run(

@@ -67,6 +67,8 @@ class Connection(Protocol):
 
     def estimate_rows(self, table: str, schema: str | None) -> int | None: ...
 
+    def read_json_as_text(self) -> None: ...
+
     def close(self) -> None: ...
 
 
@@ -236,6 +238,9 @@ class ConnectionBase:
             self.raw.close()
         if self._engine is not None:
             self._engine.dispose()
+
+    def read_json_as_text(self) -> None:
+        """Hand JSON columns over as their text (drivers that parse JSON override this)."""
 
     def sqlalchemy_engine(self) -> Engine:
         raise NotImplementedError

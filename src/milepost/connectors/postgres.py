@@ -124,6 +124,10 @@ class PostgresConnection(ConnectionBase):
         server will read it (COPY takes no server-side parameters)."""
         return psycopg.ClientCursor(self.raw).mogrify(query, self.bind(params))
 
+    def read_json_as_text(self) -> None:
+        for name in ("json", "jsonb"):
+            self.raw.adapters.register_loader(name, TextLoader)
+
     def column_types(self, table: str) -> list[str]:
         """Exact type names, to decide whether binary COPY can pass through unchanged."""
         rows = self.query(
@@ -160,17 +164,17 @@ def connect(url: DatabaseUrl, role: str) -> PostgresConnection:
         error.transient = transient_reason(exc)
         raise error from None
     raw.execute("SET TIME ZONE 'UTC'")
+    conn = PostgresConnection(url, role, raw)
     if role == "source":
         # JSON stays text: re-encoding parsed dicts would cost time and change formatting.
-        for name in ("json", "jsonb"):
-            raw.adapters.register_loader(name, TextLoader)
+        conn.read_json_as_text()
     else:
         # A batch's rows and its ledger row share one transaction, so a server crash
         # can only lose both together and the next run redoes that batch: waiting for
         # each commit's WAL flush buys nothing here and costs a disk sync per batch.
         raw.execute("SET synchronous_commit = off")
         raw.commit()
-    return PostgresConnection(url, role, raw)
+    return conn
 
 
 def _copy_error(result: pq.abc.PGresult | None, encoding: str) -> psycopg.Error:
