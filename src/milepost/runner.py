@@ -221,7 +221,7 @@ class Runner:
                 self.checkpoints.at(dst, "phase", "copy phase done")
                 phase = "verify"
             if phase == "verify":
-                self._verify_phase(src, dst, lease)
+                self._verify_phase(src, dst, lease, [plan.source for plan in plans])
                 with dst.transaction():
                     ledger.set_state(dst, lease, phase="finalize")
                 self.checkpoints.at(dst, "phase", "verify phase done")
@@ -268,10 +268,20 @@ class Runner:
                 with contextlib.suppress(Exception):
                     ledger.release(dst, lease, status, message)
 
-    def _verify_phase(self, src: Any, dst: Any, lease: ledger.Lease) -> None:
+    def _verify_phase(
+        self, src: Any, dst: Any, lease: ledger.Lease, tables: list[schema.SourceTable]
+    ) -> None:
         try:
             verify_phase(
-                self.pipeline, src, dst, lease, self._resumed, self.emit, self.stop, self.origin
+                self.pipeline,
+                src,
+                dst,
+                lease,
+                self._resumed,
+                self.emit,
+                self.stop,
+                self.origin,
+                tables,
             )
         except InterruptedError:
             self._raise_stopped()

@@ -371,6 +371,7 @@ class Verifier:
         self._tables: dict[str, schema.SourceTable] = {}
         self._methods: dict[str, str] = {}
         self._set_aside: dict[str, list[Key]] = {}
+        self._given: tuple[Any, Any] = (None, None)
 
     def run(
         self,
@@ -381,11 +382,13 @@ class Verifier:
         fraction: float = 1.0,
         only: Sequence[str] | None = None,
         run_holder: ledger.Lease | None = None,
+        tables: Sequence[schema.SourceTable] | None = None,
     ) -> Report:
         """Verify every stream (or `only` these); streams outside `full` are sampled at
         `fraction` of their chunks. `run_holder` is the runner's own lease: a verification
-        from the CLI refuses while a live runner is writing."""
-        chunks_by_stream = self._prepare(src, dst, only, run_holder)
+        from the CLI refuses while a live runner is writing. `tables`: the streams as the
+        caller has already reflected them."""
+        chunks_by_stream = self._prepare(src, dst, only, run_holder, tables)
         reports: dict[str, StreamReport] = {}
         tasks: list[Task] = []
         for target, t in self._tables.items():
@@ -408,7 +411,7 @@ class Verifier:
     def recheck(self, src: Any, dst: Any, differences: Sequence[Difference]) -> Report:
         """Compare exactly these ranges again (after a repair)."""
         streams = sorted({d.stream for d in differences})
-        self._prepare(src, dst, streams, None)
+        self._prepare(src, dst, streams, None, None)
         tasks = [Task(d.stream, i, d.lo, d.hi) for i, d in enumerate(differences)]
         reports = {
             s: StreamReport(
@@ -423,37 +426,53 @@ class Verifier:
         return self._execute(reports, tasks)
 
     def _prepare(
-        self, src: Any, dst: Any, only: Sequence[str] | None, run_holder: ledger.Lease | None
+        self,
+        src: Any,
+        dst: Any,
+        only: Sequence[str] | None,
+        run_holder: ledger.Lease | None,
+        tables: Sequence[schema.SourceTable] | None,
     ) -> dict[str, list[ledger.ChunkRow]]:
         """Reflect the streams, choose how to sum each, and read the ledger's chunks."""
+        self._given = (src, dst)
         chunks_by_stream: dict[str, list[ledger.ChunkRow]] = {}
         # End any read this connection had open: a MySQL snapshot taken before the copy
         # would show the chunks as they were then.
         dst.raw.commit()
-        if ledger.tables_exist(dst):
-            ledger.ensure_tables(dst)
-            run = ledger.read_run(dst, self.pipeline.name)
-            if run is not None and run_holder is None:
-                refuse_if_running(run)
+        # Inside a run (which holds the lease) the ledger and the tables are known to exist.
+        if run_holder is not None or ledger.tables_exist(dst):
+            if run_holder is None:
+                ledger.ensure_tables(dst)
+                run = ledger.read_run(dst, self.pipeline.name)
+                if run is not None:
+                    refuse_if_running(run)
             for c in ledger.read_chunks(dst, self.pipeline.name):
                 chunks_by_stream.setdefault(c.stream, []).append(c)
             self._set_aside = ledger.read_set_aside(dst, self.pipeline.name)
-        tables = [schema.inspect_source(src, s) for s in self.pipeline.streams]
-        if only is not None:
-            tables = [t for t in tables if t.stream.target in only]
-        self._tables = {t.stream.target: t for t in tables}
-        self._methods = {}
-        for t in tables:
-            _require_destination_table(dst, t)
-            self._methods[t.stream.target] = choose_method(src, dst, t)
+        if tables is None:
+            tables = [schema.inspect_source(src, s) for s in self.pipeline.streams]
+            for t in tables:
+                _require_destination_table(dst, t)
+        chosen = [t for t in tables if only is None or t.stream.target in only]
+        self._tables = {t.stream.target: t for t in chosen}
+        self._methods = {t.stream.target: choose_method(src, dst, t) for t in chosen}
         return chunks_by_stream
 
     def _execute(self, reports: dict[str, StreamReport], tasks: list[Task]) -> Report:
         started = time.monotonic()
         self.emit(Event("phase", text="verify", data={"ranges": len(tasks)}))
+        threads = min(self.workers, len(tasks))
         try:
-            with ThreadPoolExecutor(self.workers, thread_name_prefix="milepost-verify") as pool:
-                results = list(pool.map(self._compare, tasks))
+            if threads <= 1:
+                # One range (a small table): the connections at hand serve; opening two
+                # more would cost more than comparing it.
+                src, dst = self._given
+                dst.read_json_as_text()
+                self._local.conns = (src, dst, {})
+                results = [self._compare(task) for task in tasks]
+            else:
+                with ThreadPoolExecutor(threads, thread_name_prefix="milepost-verify") as pool:
+                    results = list(pool.map(self._compare, tasks))
         finally:
             self._local = threading.local()
             for conn in self._opened:

@@ -11,6 +11,7 @@ finalize with exit code 4; the run stays in the verify phase, so after
 from __future__ import annotations
 
 import threading
+from collections.abc import Sequence
 from typing import Any
 
 from milepost import ledger
@@ -18,6 +19,7 @@ from milepost.config import Pipeline
 from milepost.errors import VerificationFailed
 from milepost.events import Event, Listener
 from milepost.keyset import show_key
+from milepost.schema import SourceTable
 from milepost.verify import Report, Verifier
 
 
@@ -35,6 +37,7 @@ def verify_phase(
     emit: Listener,
     stop: threading.Event,
     origin: str | None,
+    tables: Sequence[SourceTable] | None = None,
 ) -> Report | None:
     """Compare what the settings and the resumes ask for; raise when anything differs.
 
@@ -47,7 +50,7 @@ def verify_phase(
     only = targets if settings.mode != "off" else [t for t in targets if t in resumed]
     full = targets if settings.mode == "full" else [t for t in targets if t in resumed]
     report = Verifier(pipeline, on_event=emit, stop=stop).run(
-        src, dst, full=full, fraction=settings.sample, only=only, run_holder=lease
+        src, dst, full=full, fraction=settings.sample, only=only, run_holder=lease, tables=tables
     )
     if not report.equal:
         first = report.differences[0]
