@@ -165,13 +165,27 @@ def test_decimals_compare_by_value_whatever_the_driver_form() -> None:
     assert enc("decimal", Decimal("1.505")) != enc("decimal", Decimal("1.51"))
 
 
-def test_float32_compares_at_the_digits_engines_print() -> None:
-    """MySQL prints a FLOAT with 6 significant digits; PostgreSQL's real gives the float."""
+def test_float32_compares_the_exact_float32() -> None:
+    """PostgreSQL's real arrives as its shortest text, SQLite's as a double, MySQL's (read
+    as DOUBLE) as the float's exact double: all are the same float32."""
     import struct
 
     exact = struct.unpack("f", struct.pack("f", 1.2345678))[0]
-    assert enc("float32", exact) == enc("float32", 1.23457) == enc("float32", "1.23457")
+    assert enc("float32", exact) == enc("float32", 1.2345678) == enc("float32", "1.2345678")
+    assert enc("float32", 1.0) != enc("float32", 1.0000001)
     assert enc("float32", 1.5) != enc("float32", 1.25)
+
+
+def test_durations_that_are_no_time_of_day_keep_their_length() -> None:
+    assert enc("time", dt.timedelta(hours=25)) != enc("time", dt.timedelta(hours=1))
+    assert enc("time", dt.timedelta(hours=-1)) != enc("time", dt.timedelta(hours=23))
+    assert enc("time", dt.timedelta(hours=1)) == enc("time", dt.time(1))
+
+
+def test_text_that_is_not_its_kind_compares_as_text() -> None:
+    assert enc("timestamp", "infinity") != enc("timestamp", "-infinity")
+    assert enc("date", "0044-03-15 BC") != enc("date", "0044-03-15")
+    assert enc("date", "2024-01-02 10:00") != enc("date", "2024-01-02")
 
 
 def test_bools_match_the_integers_other_engines_store() -> None:

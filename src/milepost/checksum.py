@@ -7,10 +7,11 @@ given. So each column is encoded by what it holds (its logical kind, from the so
 table), not by the Python type that arrives:
 
 - numbers (integers, decimals, floats, booleans) by exact value: 1.50 = 1.5, 0.1 is
-  the float's shortest repr, True = 1; `float32` columns to 6 significant digits, the
-  precision every engine prints them with;
+  the float's shortest repr, True = 1; `float32` columns as the exact float32;
 - text as UTF-8; bytes as bytes; uuids as lowercase text;
-- dates, times and timestamps as ISO text with microseconds, zoned ones in UTC;
+- dates, times and timestamps as ISO text with microseconds, zoned ones in UTC; a
+  duration that is no time of day (MySQL TIME '25:00:00') by its exact length; text
+  that does not parse as its kind ('infinity') as that text;
 - JSON parsed and written again with sorted keys, no spaces, numbers by value;
 - NULL as its own tag, so NULL and '' (or b'') differ.
 
@@ -57,6 +58,10 @@ class RangeSum:
 
     def __hash__(self) -> int:
         return hash((self.rows, self.checksum & MASK))
+
+    def __sub__(self, other: RangeSum) -> RangeSum:
+        """The rows of this range but for those of `other` (a part of it): sums add up."""
+        return RangeSum(self.rows - other.rows, (self.checksum - other.checksum) & MASK)
 
 
 # --- one value ---------------------------------------------------------------------
@@ -112,10 +117,13 @@ def _as_number(value: Any) -> bytes:
 
 
 def _as_float32(value: Any) -> bytes:
+    """The float32 the value stands for, exactly: PostgreSQL's real arrives as its shortest
+    text, SQLite's REAL as a double, MySQL's FLOAT (read as DOUBLE: see client_select)
+    as the float's exact double; all round to the same float32."""
     if isinstance(value, str | bytes | bytearray):
         value = float(value)
     single = struct.unpack("f", struct.pack("f", float(value)))[0]
-    return b"n" + _number(Decimal(f"{single:.6g}")).encode()
+    return b"n" + _number(single).encode()
 
 
 def _as_text(value: Any) -> bytes:
@@ -134,9 +142,18 @@ def _as_uuid(value: Any) -> bytes:
     return b"s" + str(value).lower().encode()
 
 
+def _unparsed(value: str) -> bytes:
+    """Text that does not parse as the column's kind (PostgreSQL's 'infinity', a BC date,
+    a SQLite value stored in another form) compares as that text: equal only to itself."""
+    return b"s" + value.encode("utf-8")
+
+
 def _timestamp(value: Any) -> bytes:
     if isinstance(value, str):
-        value = dt.datetime.fromisoformat(value)
+        try:
+            value = dt.datetime.fromisoformat(value)
+        except ValueError:
+            return _unparsed(value)
     elif not isinstance(value, dt.datetime):  # a date in a timestamp column (SQLite)
         value = dt.datetime.combine(value, dt.time())
     if value.tzinfo is not None:
@@ -146,7 +163,10 @@ def _timestamp(value: Any) -> bytes:
 
 def _date(value: Any) -> bytes:
     if isinstance(value, str):
-        value = dt.date.fromisoformat(value[:10])
+        try:
+            value = dt.date.fromisoformat(value)
+        except ValueError:
+            return _unparsed(value)
     elif isinstance(value, dt.datetime):
         value = value.date()
     return b"d" + value.isoformat().encode()
@@ -154,8 +174,14 @@ def _date(value: Any) -> bytes:
 
 def _time(value: Any) -> bytes:
     if isinstance(value, str):
-        value = dt.time.fromisoformat(value)
+        try:
+            value = dt.time.fromisoformat(value)
+        except ValueError:
+            return _unparsed(value)
     elif isinstance(value, dt.timedelta):  # MySQL hands TIME over as a duration
+        if not dt.timedelta(0) <= value < dt.timedelta(days=1):
+            # A duration no time of day can be ('25:00:00', '-01:00:00'): its exact length.
+            return b"u" + str(value // dt.timedelta(microseconds=1)).encode()
         value = (dt.datetime.min + value).time()
     return b"c" + value.replace(tzinfo=None).isoformat(timespec="microseconds").encode()
 

@@ -36,6 +36,25 @@ _FLOATS = {"float32", "float64"}
 _TEXTS = {"text", "varchar", "uuid"}
 
 
+# Extended hash functions whose equal results mean equal values (up to the type's own
+# equality where noted in docs/verify.md: numeric scale, -0.0 and 0.0).
+EXACT_HASHES = {
+    "hashint2extended",
+    "hashint4extended",
+    "hashint8extended",
+    "hash_numeric_extended",
+    "hashfloat4extended",
+    "hashfloat8extended",
+    "timestamp_hash_extended",
+    "time_hash_extended",
+    "uuid_hash_extended",
+    "jsonb_hash_extended",
+    "hashcharextended",
+    "hashenumextended",
+    "hashoidextended",
+}
+
+
 def native_row_hash(conn: Any, table: str, columns: Sequence[str]) -> str:
     """A PostgreSQL expression: each column through its type's extended hash, chained."""
     functions = _hash_functions(conn, table)
@@ -43,11 +62,15 @@ def native_row_hash(conn: Any, table: str, columns: Sequence[str]) -> str:
     for position, name in enumerate(columns):
         col = conn.quote(name)
         function, arg_type, column_type, callable_ = functions[name]
-        if function is None or not (callable_ or arg_type.startswith("any")):
-            # A type without a hash opclass (json, point, ...), or whose hash function
-            # takes a type it cannot be cast to in SQL (date: integer, bool: "char",
-            # bytea: internal): its text.
-            value = f"hashtextextended({col}::text, 0)"
+        if function == "hashtextextended":
+            # Compared byte for byte, whatever the column's collation: a nondeterministic
+            # one would hash 'Hello' and 'hello' alike.
+            value = f'hashtextextended({col}::text COLLATE "C", 0)'
+        elif function not in EXACT_HASHES or not (callable_ or arg_type.startswith("any")):
+            # A type without a hash opclass (json, point, ...), one whose equality is looser
+            # than identity (interval: '1 mon' = '30 days'; citext), or whose hash function
+            # takes a type SQL cannot cast to (date: integer, bytea: internal): its text.
+            value = f'hashtextextended({col}::text COLLATE "C", 0)'
         elif arg_type != column_type and not arg_type.startswith("any"):
             value = f"{function}({col}::{arg_type}, 0)"
         else:
@@ -81,6 +104,20 @@ def _hash_functions(conn: Any, table: str) -> dict[str, tuple[str | None, str, s
         [conn.name_value(table)],
     )
     return {name: (fn, arg or "", own, bool(ok)) for name, fn, arg, own, ok in rows}
+
+
+def client_select(conn: Any, column: str, logical: Logical | None) -> str:
+    """How the client reads a column to hash it by value, where the driver's own reading
+    would lose what tells two values apart: MySQL sends a FLOAT as 6 digits (read its
+    exact double); psycopg cannot load 'infinity' or BC timestamps, and reads an interval
+    or a type milepost has no kind for approximately (read their text)."""
+    col = conn.quote(column)
+    kind = logical.kind if logical else None
+    if conn.family == "mysql" and kind == "float32":
+        return f"CAST({col} AS DOUBLE)"
+    if conn.family == "postgresql" and kind in (None, "date", "timestamp", "timestamptz"):
+        return f"{col}::text"
+    return col
 
 
 def canonical_text(conn: Any, columns: Sequence[str], kinds: Sequence[Logical | None]) -> str:
@@ -136,20 +173,31 @@ def _render_pg(col: str, logical: Logical | None) -> str:
     elif kind in _FLOATS:
         text = f"{col}::float8::text"
     elif kind == "bool":
-        text = f"CASE WHEN {col} THEN '1' ELSE '0' END"
+        # NULL falls through to the marker below, never to '0'.
+        text = f"CASE WHEN {col} THEN '1' WHEN NOT {col} THEN '0' END"
     elif kind == "bytes":
         text = f"encode({col}, 'hex')"
     elif kind == "date":
-        text = f"to_char({col}, 'YYYY-MM-DD')"
+        text = _finite_ad(col, f"to_char({col}, 'YYYY-MM-DD')", "'0001-01-01'::date")
     elif kind == "time":
         text = f"to_char({col}::interval, 'HH24:MI:SS.US')"
     elif kind in ("timestamp", "timestamptz"):
-        text = f"to_char({col}, 'YYYY-MM-DD HH24:MI:SS.US')"
+        # The session runs in UTC: a timestamptz is written as its UTC wall time.
+        formatted = f"to_char({col}, 'YYYY-MM-DD HH24:MI:SS.US')"
+        text = _finite_ad(col, formatted, "'0001-01-01 00:00:00'")
     elif kind in ("json", "jsonb"):
         text = f"{col}::text"  # valid JSON holds no raw control character: no prefix needed
     else:
         text = f"length({col}::text) || ':' || {col}::text"
     return f"COALESCE({text}, 'N')"
+
+
+def _finite_ad(col: str, formatted: str, first_day: str) -> str:
+    """to_char gives NULL for ±infinity and drops the era of a BC date: those values are
+    written in PostgreSQL's own spelling instead, which no other engine produces."""
+    return (
+        f"CASE WHEN isfinite({col}) AND {col} >= {first_day} THEN {formatted} ELSE {col}::text END"
+    )
 
 
 def _render_mysql(col: str, logical: Logical | None) -> str:
@@ -186,7 +234,13 @@ def _render_sqlite(col: str, logical: Logical | None) -> str:
     if kind in ("int16", "int32", "int64", "bool"):
         text = f"CAST({col} AS TEXT)"
     elif kind == "decimal" and logical is not None and logical.precision is not None:
-        text = f"printf('%.{logical.scale or 0}f', {col})"
+        # At the declared scale (as the other engines write it) only when that is the
+        # stored value exactly: 0.125 in a scale-2 column is not written as 0.13.
+        at_scale = f"printf('%.{logical.scale or 0}f', {col})"
+        text = (
+            f"CASE WHEN CAST({at_scale} AS REAL) = {col} THEN {at_scale} "
+            f"ELSE printf('%!.17g', {col}) END"
+        )
     elif kind in ("decimal", *_FLOATS):
         text = f"printf('%!.17g', {col})"
     elif kind == "bytes":

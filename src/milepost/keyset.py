@@ -150,8 +150,9 @@ class RangeFilter:
     lo: Key | None = None
     hi: Key | None = None
     where: str | None = None
-    # Keys left out (rows set aside under `on_row_error: skip`, when verifying).
+    # Keys left out, or the only keys taken (rows set aside under `on_row_error: skip`).
     without: tuple[Key, ...] = ()
+    within: tuple[Key, ...] = ()
 
     def sql(self, keyset: KeysetSql) -> tuple[str, list[Any]]:
         parts: list[str] = []
@@ -163,8 +164,9 @@ class RangeFilter:
                 params.extend(values)
         if self.where:
             parts.append(f"({verbatim(self.where, keyset.placeholder)})")
-        if self.without:
-            one = " AND ".join(f"{c} = {keyset.placeholder}" for c in keyset.columns)
-            parts.append(f"NOT ({' OR '.join(f'({one})' for _ in self.without)})")
-            params.extend(v for key in self.without for v in key)
+        one = " AND ".join(f"{c} = {keyset.placeholder}" for c in keyset.columns)
+        for keys, form in ((self.without, "NOT ({})"), (self.within, "({})")):
+            if keys:
+                parts.append(form.format(" OR ".join(f"({one})" for _ in keys)))
+                params.extend(v for key in keys for v in key)
         return (" AND ".join(parts) or "1=1"), params

@@ -86,9 +86,13 @@ def _repair_all(
         table, path = tables[diff.stream], paths[diff.stream]
         try:
             with dst.transaction():
+                if dst.family == "postgresql":
+                    # Reported as repaired only once it is on disk (batches commit
+                    # asynchronously: connectors/postgres.py).
+                    dst.execute("SET LOCAL synchronous_commit = on")
                 _hold(dst, lease)
-                deleted = _delete_range(dst, table, diff)
                 skip = tuple(set_aside.get(diff.stream, ()))
+                deleted = _delete_range(dst, table, diff, skip)
                 copied = _copy_range(src, path, table, diff, pipeline.batch_size, skip)
                 _record(dst, lease, run_id, diff, deleted, copied)
         except LeaseLost:
@@ -126,8 +130,12 @@ def _hold(dst: Any, lease: ledger.Lease) -> None:
         raise LeaseLost(f"Pipeline '{lease.pipeline}': another runner took over the lease.")
 
 
-def _delete_range(dst: Any, table: schema.SourceTable, diff: Difference) -> int:
-    where, params = RangeFilter(diff.lo, diff.hi).sql(dst.keyset(table.cursor))
+def _delete_range(
+    dst: Any, table: schema.SourceTable, diff: Difference, set_aside: tuple[Key, ...]
+) -> int:
+    """The range's destination rows, but for set-aside rows someone may have put in by hand."""
+    rng = RangeFilter(diff.lo, diff.hi, without=in_range(set_aside, diff.lo, diff.hi))
+    where, params = rng.sql(dst.keyset(table.cursor))
     return int(dst.execute(f"DELETE FROM {dst.quote(table.stream.target)} WHERE {where}", params))
 
 

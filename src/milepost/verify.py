@@ -32,7 +32,12 @@ import sqlalchemy as sa
 
 from milepost import connectors, ledger, schema
 from milepost.checksum import RangeSum, RowHasher, sum_rows
-from milepost.checksum_sql import canonical_text, native_row_hash, text_sum_query
+from milepost.checksum_sql import (
+    canonical_text,
+    client_select,
+    native_row_hash,
+    text_sum_query,
+)
 from milepost.config import Pipeline
 from milepost.errors import ConfigError, LeaseHeld
 from milepost.events import Event, Listener, ignore
@@ -45,6 +50,7 @@ TEXT = "in-database (canonical text)"  # any other pair: MD5 of one text per row
 CLIENT = "client"  # rows streamed and hashed by milepost, by value: settles what TEXT finds
 
 MAX_RANGES_PER_CHUNK = 16  # beyond this, a chunk's differences are reported coarser
+SET_ASIDE_PER_QUERY = 200
 
 
 @dataclass(frozen=True)
@@ -156,10 +162,10 @@ class RangeComparer:
         set_aside: Sequence[Key] = (),
     ) -> None:
         self.src, self.dst, self.table, self.method = src, dst, table, method
-        # Rows the copy set aside (on_row_error: skip) are known not to be in the
-        # destination: the source side leaves them out.
+        # Rows the copy set aside (on_row_error: skip) are accounted for elsewhere (and
+        # may since have been put in by hand): both sides leave them out.
         self.set_aside = tuple(set_aside)
-        self.ranges_agree = orders_alike(table)
+        self.ranges_agree = orders_alike(table, {src.family, dst.family})
         self.stream = table.stream.target
         self.src_table = src.qualified(table.name, table.stream.schema_)
         self.dst_table = dst.quote(table.stream.target)
@@ -184,17 +190,29 @@ class RangeComparer:
         return self._narrow(method, lo, hi, s, d)
 
     def sums(self, method: str, lo: Key | None, hi: Key | None) -> tuple[RangeSum, RangeSum]:
-        src = self._sum(method, self.src, self.src_table, self._source_range(lo, hi), "src")
+        """Count and checksum of (lo, hi] on each side, without the rows set aside."""
+        where = self.table.stream.where
+        src = self._sum(method, self.src, self.src_table, RangeFilter(lo, hi, where), "src")
         dst = self._sum(method, self.dst, self.dst_table, RangeFilter(lo, hi), "dst")
+        # Sums add up: the set-aside rows' own sums come off, a few hundred keys at a time
+        # (a predicate per key, kept well under every engine's limit on parameters).
+        keys = in_range(self.set_aside, lo, hi)
+        for start in range(0, len(keys), SET_ASIDE_PER_QUERY):
+            part = keys[start : start + SET_ASIDE_PER_QUERY]
+            src -= self._sum(
+                method, self.src, self.src_table, RangeFilter(lo, hi, where, within=part), "src"
+            )
+            dst -= self._sum(
+                method, self.dst, self.dst_table, RangeFilter(lo, hi, within=part), "dst"
+            )
         return src, dst
-
-    def _source_range(self, lo: Key | None, hi: Key | None) -> RangeFilter:
-        return RangeFilter(lo, hi, self.table.stream.where, in_range(self.set_aside, lo, hi))
 
     def _sum(self, method: str, conn: Any, table: str, rng: RangeFilter, side: str) -> RangeSum:
         where, params = rng.sql(conn.keyset(self.table.cursor))
         if method == CLIENT:
-            cols = ", ".join(conn.quote(c) for c in self.table.columns)
+            cols = ", ".join(
+                client_select(conn, c, self.table.logical.get(c)) for c in self.table.columns
+            )
             rows = conn.stream_rows(f"SELECT {cols} FROM {table} WHERE {where}", params)
             # Closed even when hashing a row fails: a PostgreSQL stream holds a transaction
             # open until its generator ends.
@@ -206,16 +224,16 @@ class RangeComparer:
 
     def _sum_query(self, method: str, conn: Any, table: str, side: str, where: str) -> str:
         key = (method, side)
-        if key not in self._expr:
+        if key not in self._expr:  # built once: the native hash looks up the catalog
             columns = self.table.columns
             if method == NATIVE:
-                h = native_row_hash(conn, table, columns)
-                self._expr[key] = f"SELECT count(*), SUM({h}) FROM {table} WHERE {{where}}"
+                self._expr[key] = native_row_hash(conn, table, columns)
             else:
                 kinds = [self.table.logical.get(c) for c in columns]
-                text = canonical_text(conn, columns, kinds)
-                self._expr[key] = text_sum_query(conn, table, text, "{where}")
-        return self._expr[key].replace("{where}", where)
+                self._expr[key] = canonical_text(conn, columns, kinds)
+        if method == NATIVE:
+            return f"SELECT count(*), SUM({self._expr[key]}) FROM {table} WHERE {where}"
+        return text_sum_query(conn, table, self._expr[key], where)
 
     def _narrow(
         self, method: str, lo: Key | None, hi: Key | None, s: RangeSum, d: RangeSum
@@ -241,14 +259,17 @@ class RangeComparer:
                 todo.append((lo, mid, ls, ld))
             if rs != rd:
                 todo.append((mid, hi, rs, rd))
-        return sorted(found, key=lambda f: _order(f.lo))
+        return in_order(found)
 
     def _middle(self, lo: Key | None, hi: Key | None, s: RangeSum, d: RangeSum) -> Key | None:
         """A key that halves the side with more rows in the range (None: cannot split)."""
         if not self.ranges_agree:
             return None
-        if s.rows >= d.rows:
-            conn, table, rng, n = self.src, self.src_table, self._source_range(lo, hi), s.rows
+        where = self.table.stream.where
+        # The source's keys when it has two rows to split between: keys read from the
+        # destination may come back as another type (SQLite's text for a timestamp).
+        if s.rows >= 2 or s.rows >= d.rows:
+            conn, table, rng, n = self.src, self.src_table, RangeFilter(lo, hi, where), s.rows
         else:
             conn, table, rng, n = self.dst, self.dst_table, RangeFilter(lo, hi), d.rows
         if n < 2:
@@ -260,17 +281,21 @@ class RangeComparer:
 
 
 _COLLATED = {"text", "varchar"}
+_TEMPORAL = {"date", "time", "timestamp", "timestamptz"}
 
 
-def orders_alike(table: schema.SourceTable) -> bool:
+def orders_alike(table: schema.SourceTable, families: set[str]) -> bool:
     """Do both sides put this stream's cursor keys in the same order?
 
     Not when the cursor holds text: each database sorts it by its own collation
     (case-insensitive in many MySQL databases), so a range (lo, hi] can hold different
-    rows on each side. Such a stream is compared, and repaired, only as a whole.
+    rows on each side. Nor dates and times kept by SQLite: they are text there, and
+    text with a UTC offset does not sort as the instants do. Such a stream is compared,
+    and repaired, only as a whole.
     """
+    unlike = _COLLATED | (_TEMPORAL if "sqlite" in families else set())
     kinds = [table.logical.get(c) for c in table.cursor]
-    return all(k is not None and k.kind not in _COLLATED for k in kinds)
+    return all(k is not None and k.kind not in unlike for k in kinds)
 
 
 def in_range(keys: Sequence[Key], lo: Key | None, hi: Key | None) -> tuple[Key, ...]:
@@ -282,9 +307,13 @@ def in_range(keys: Sequence[Key], lo: Key | None, hi: Key | None) -> tuple[Key, 
     return tuple(k for k in keys if (lo is None or k > lo) and (hi is None or k <= hi))
 
 
-def _order(key: Key | None) -> tuple[bool, Key]:
-    """Ranges of one stream in cursor order, the one open below first."""
-    return (key is not None, key or ())
+def in_order(found: list[Difference]) -> list[Difference]:
+    """Ranges of one stream in cursor order, the one open below first (in the order they
+    were found, should their keys not compare)."""
+    try:
+        return sorted(found, key=lambda f: (f.lo is not None, f.lo or ()))
+    except TypeError:
+        return found
 
 
 def choose_method(src: Any, dst: Any, table: schema.SourceTable) -> str:
@@ -317,7 +346,7 @@ def plan_tasks(
     chunks a run would plan.
     """
     stream = table.stream.target
-    whole_only = not orders_alike(table)
+    whole_only = not orders_alike(table, {src.family, dst.family})
     if chunks:
         tasks, pending = [], 0
         for c in sorted(chunks, key=lambda c: c.index):
@@ -487,7 +516,7 @@ class Verifier:
                 r.chunks_differing += 1
                 r.differences.extend(diffs)
         for r in reports.values():
-            r.differences.sort(key=lambda f: _order(f.lo))
+            r.differences = in_order(r.differences)
             self.emit(_stream_event(r))
         return Report(self.pipeline.name, list(reports.values()), time.monotonic() - started)
 
@@ -553,12 +582,24 @@ def refuse_if_running(run: ledger.RunRow) -> None:
 
 
 def _require_destination_table(dst: Any, table: schema.SourceTable) -> None:
-    if not sa.inspect(dst.sqlalchemy_engine()).has_table(table.stream.target):
-        raise ConfigError(
-            f"Stream '{table.stream.target}': the destination table '{table.stream.target}' "
-            f"does not exist in {dst.url.masked}; there is nothing to compare.",
-            hint="Run the pipeline first (`milepost run`).",
-        )
+    inspector = sa.inspect(dst.sqlalchemy_engine())
+    if inspector.has_table(table.stream.target):
+        have = {c["name"] for c in inspector.get_columns(table.stream.target)}
+        missing = [c for c in table.columns if c not in have]
+        if missing:
+            raise ConfigError(
+                f"Stream '{table.stream.target}': the destination table "
+                f"'{table.stream.target}' in {dst.url.masked} has no column "
+                f"{', '.join(repr(c) for c in missing)}, which the source has; there is "
+                "nothing to compare them with.",
+                hint="Add the column, or copy into a table that has every column.",
+            )
+        return
+    raise ConfigError(
+        f"Stream '{table.stream.target}': the destination table '{table.stream.target}' "
+        f"does not exist in {dst.url.masked}; there is nothing to compare.",
+        hint="Run the pipeline first (`milepost run`).",
+    )
 
 
 def verify(

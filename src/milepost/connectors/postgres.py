@@ -164,6 +164,7 @@ def connect(url: DatabaseUrl, role: str) -> PostgresConnection:
         error.transient = transient_reason(exc)
         raise error from None
     raw.execute("SET TIME ZONE 'UTC'")
+    raw.execute("SET datestyle = 'ISO, YMD'")  # dates read as text parse the same everywhere
     conn = PostgresConnection(url, role, raw)
     if role == "source":
         # JSON stays text: re-encoding parsed dicts would cost time and change formatting.
