@@ -22,7 +22,6 @@ the connection (SQLite is embedded: its rows never cross a network either).
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Sequence
 from typing import Any
 
@@ -144,26 +143,9 @@ def text_sum_query(conn: Any, table: str, text: str, where: str) -> str:
     if conn.family == "mysql":
         h = f"CAST(CONV(SUBSTR(MD5({text}), 1, 16), 16, 10) AS UNSIGNED)"
         return f"SELECT count(*), SUM({h}) FROM {table} WHERE {where}"
-    if not getattr(conn, "_md5_sum", False):
-        conn.raw.create_aggregate("milepost_md5_sum", 1, _Md5Sum)
-        conn._md5_sum = True
+    conn.add_md5_sum()
     # As a BLOB the text reaches Python as its UTF-8 bytes, with no decoding and encoding.
     return f"SELECT count(*), milepost_md5_sum(CAST({text} AS BLOB)) FROM {table} WHERE {where}"
-
-
-class _Md5Sum:
-    """SUM of the first 8 bytes of each MD5 (big-endian, as PostgreSQL's bit(64)), mod 2**64;
-    returned as text, since SQLite's integers are 64-bit signed."""
-
-    def __init__(self) -> None:
-        self.total = 0
-
-    def step(self, text: bytes | None) -> None:
-        if text is not None:
-            self.total += int.from_bytes(hashlib.md5(text).digest()[:8], "big")
-
-    def finalize(self) -> str:
-        return str(self.total & ((1 << 64) - 1))
 
 
 def _render_pg(col: str, logical: Logical | None) -> str:

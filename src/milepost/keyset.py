@@ -79,8 +79,16 @@ def _untag(v: Any) -> Any:
 
 
 def show_key(key: Key | None, none: str = "(start)") -> str:
-    """A key as an operator reads it in a message: (42) or ('2024-01-01', 7)."""
-    return none if key is None else "(" + ", ".join(repr(v) for v in key) + ")"
+    """A key as an operator reads it in a message: (42), ('a b', 7), (2024-01-01 10:00:00)."""
+    return none if key is None else "(" + ", ".join(_shown(v) for v in key) + ")"
+
+
+def _shown(value: Any) -> str:
+    if isinstance(value, dt.datetime):
+        return value.isoformat(" ")
+    if isinstance(value, dt.date | dt.time | Decimal | uuid.UUID):
+        return str(value)
+    return repr(value)
 
 
 def verbatim(fragment: str, placeholder: str) -> str:

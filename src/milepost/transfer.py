@@ -212,6 +212,17 @@ def _parse_zoned(row: tuple[Any, ...], positions: list[int]) -> tuple[Any, ...]:
     return tuple(out)
 
 
+def same_column_types(src: Any, dst: Any, table: SourceTable) -> bool:
+    """Do two PostgreSQL tables declare the stream's columns with exactly the same types?
+    Then binary COPY passes through unchanged, and each type's own hash compares them."""
+    wanted = set(table.columns)
+    src_table = src.qualified(table.name, table.stream.schema_)
+    dst_table = dst.quote(table.stream.target)
+    mine = sorted(t for t in src.column_types(src_table) if t.split(":", 1)[0] in wanted)
+    theirs = sorted(t for t in dst.column_types(dst_table) if t.split(":", 1)[0] in wanted)
+    return mine == theirs
+
+
 def choose(src: Any, dst: Any, table: SourceTable) -> Transfer:
     """The cheapest path for this pair of engines and this table."""
     src_table = src.qualified(table.name, table.stream.schema_)
@@ -219,12 +230,7 @@ def choose(src: Any, dst: Any, table: SourceTable) -> Transfer:
     args = (src, dst, table, src_table, dst_table)
     pair = (src.family, dst.family)
     if pair == ("postgresql", "postgresql"):
-        wanted = [
-            t for t in src.column_types(src_table) if t.split(":", 1)[0] in set(table.columns)
-        ]
-        have = [t for t in dst.column_types(dst_table) if t.split(":", 1)[0] in set(table.columns)]
-        binary = sorted(wanted) == sorted(have)
-        return PostgresCopyPassthrough(*args, binary=binary)
+        return PostgresCopyPassthrough(*args, binary=same_column_types(src, dst, table))
     if pair == ("sqlite", "sqlite"):
         return SqliteAttachedInsert(*args)
     if pair == ("mysql", "postgresql"):

@@ -43,6 +43,7 @@ from milepost.errors import ConfigError, LeaseHeld
 from milepost.events import Event, Listener, ignore
 from milepost.keyset import Key, RangeFilter, key_to_values
 from milepost.plan import plan_chunks
+from milepost.transfer import same_column_types
 
 # How a stream's ranges are summed (see checksum_sql and checksum).
 NATIVE = "in-database"  # same engine, same types: each type's own hash, inside the server
@@ -318,14 +319,8 @@ def in_order(found: list[Difference]) -> list[Difference]:
 
 def choose_method(src: Any, dst: Any, table: schema.SourceTable) -> str:
     """The cheapest way to sum this stream's ranges that compares every value."""
-    families = {src.family, dst.family}
-    if families == {"postgresql"}:
-        src_table = src.qualified(table.name, table.stream.schema_)
-        dst_table = dst.quote(table.stream.target)
-        wanted = set(table.columns)
-        mine = sorted(t for t in src.column_types(src_table) if t.split(":", 1)[0] in wanted)
-        theirs = sorted(t for t in dst.column_types(dst_table) if t.split(":", 1)[0] in wanted)
-        return NATIVE if mine == theirs else TEXT
+    if src.family == dst.family == "postgresql" and same_column_types(src, dst, table):
+        return NATIVE
     return TEXT
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import sqlite3
 import uuid
 from decimal import Decimal
@@ -62,6 +63,13 @@ class SqliteConnection(ConnectionBase):
         self.raw.executemany(f"INSERT INTO {table} ({cols}) VALUES ({marks})", rows)
         return len(rows)
 
+    def add_md5_sum(self) -> None:
+        """`milepost_md5_sum(blob)`: SQL has no MD5 here, nor a 64-bit sum that cannot
+        overflow; verification (milepost/checksum_sql.py) needs both."""
+        if not getattr(self, "_md5_sum", False):
+            self.raw.create_aggregate("milepost_md5_sum", 1, _Md5Sum)
+            self._md5_sum = True
+
     def attach_source(self, source_path: Path, alias: str = "milepost_src") -> str:
         """Let this destination read the source file directly (SQLite to SQLite copies)."""
         attached = {row[1] for row in self.query("PRAGMA database_list")}
@@ -70,6 +78,21 @@ class SqliteConnection(ConnectionBase):
                 f"ATTACH DATABASE ? AS {alias}", (f"file:{source_path.resolve()}?mode=ro",)
             )
         return alias
+
+
+class _Md5Sum:
+    """SUM of the first 8 bytes of each MD5 (big-endian, as PostgreSQL's bit(64)), mod 2**64;
+    returned as text, since SQLite's integers are 64-bit signed."""
+
+    def __init__(self) -> None:
+        self.total = 0
+
+    def step(self, text: bytes | None) -> None:
+        if text is not None:
+            self.total += int.from_bytes(hashlib.md5(text).digest()[:8], "big")
+
+    def finalize(self) -> str:
+        return str(self.total & ((1 << 64) - 1))
 
 
 def connect(url: DatabaseUrl, role: str) -> SqliteConnection:
