@@ -37,8 +37,8 @@ from milepost.rewind import restore
 from milepost.rewind import rollback as rollback_to
 from milepost.runner import Runner
 from milepost.status import pipeline_status
-from milepost.verify import Report, key_doc
 from milepost.verify import verify as verify_pipeline
+from milepost.verify_report import Report, key_doc
 
 app = typer.Typer(
     add_completion=False,

@@ -24,7 +24,7 @@ import threading
 import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
 
@@ -41,9 +41,10 @@ from milepost.checksum_sql import (
 from milepost.config import Pipeline
 from milepost.errors import ConfigError, LeaseHeld
 from milepost.events import Event, Listener, ignore
-from milepost.keyset import Key, RangeFilter, key_to_values
+from milepost.keyset import Key, RangeFilter
 from milepost.plan import plan_chunks
 from milepost.transfer import same_column_types
+from milepost.verify_report import Difference, Report, StreamReport
 
 # How a stream's ranges are summed (see checksum_sql and checksum).
 NATIVE = "in-database"  # same engine, same types: each type's own hash, inside the server
@@ -52,91 +53,6 @@ CLIENT = "client"  # rows streamed and hashed by milepost, by value: settles wha
 
 MAX_RANGES_PER_CHUNK = 16  # beyond this, a chunk's differences are reported coarser
 SET_ASIDE_PER_QUERY = 200
-
-
-@dataclass(frozen=True)
-class Difference:
-    """Rows with lo < cursor <= hi (None: open on that side) are not the same."""
-
-    stream: str
-    lo: Key | None
-    hi: Key | None
-    source_rows: int
-    destination_rows: int
-
-
-@dataclass
-class StreamReport:
-    stream: str
-    table: str
-    method: str
-    chunks: int
-    chunks_compared: int = 0
-    chunks_pending: int = 0
-    source_rows: int = 0
-    destination_rows: int = 0
-    differences: list[Difference] = field(default_factory=list)
-    chunks_differing: int = 0
-    settled_by_value: int = 0  # ranges whose text differed but whose values are equal
-    rows_set_aside: int = 0  # left out of the source side: see _milepost_rejected_rows
-
-    @property
-    def equal(self) -> bool:
-        return not self.differences
-
-
-@dataclass
-class Report:
-    pipeline: str
-    streams: list[StreamReport]
-    seconds: float = 0.0
-
-    @property
-    def equal(self) -> bool:
-        return all(s.equal for s in self.streams)
-
-    @property
-    def differences(self) -> list[Difference]:
-        return [d for s in self.streams for d in s.differences]
-
-    def as_dict(self) -> dict[str, Any]:
-        """Plain JSON data for `milepost verify --json` (keys as tagged lists, like the
-        ledger's: an integer cursor is just [42])."""
-        return {
-            "pipeline": self.pipeline,
-            "equal": self.equal,
-            "seconds": round(self.seconds, 3),
-            "streams": [
-                {
-                    "stream": s.stream,
-                    "table": s.table,
-                    "equal": s.equal,
-                    "method": s.method,
-                    "source_rows": s.source_rows,
-                    "destination_rows": s.destination_rows,
-                    "chunks": s.chunks,
-                    "chunks_compared": s.chunks_compared,
-                    "chunks_pending": s.chunks_pending,
-                    "chunks_differing": s.chunks_differing,
-                    "settled_by_value": s.settled_by_value,
-                    "rows_set_aside": s.rows_set_aside,
-                    "differences": [
-                        {
-                            "lo": key_doc(d.lo),
-                            "hi": key_doc(d.hi),
-                            "source_rows": d.source_rows,
-                            "destination_rows": d.destination_rows,
-                        }
-                        for d in s.differences
-                    ],
-                }
-                for s in self.streams
-            ],
-        }
-
-
-def key_doc(key: Key | None) -> list[Any] | None:
-    return None if key is None else key_to_values(key)
 
 
 @dataclass(frozen=True)
