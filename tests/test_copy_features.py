@@ -13,7 +13,7 @@ from conftest import Database
 from milepost import connectors
 from milepost.checksum import RangeSum as TableSum
 from milepost.checksum import table_sum
-from milepost.errors import VerificationFailed
+from milepost.errors import ResumeRefused, VerificationFailed
 from milepost.events import Event
 from milepost.urls import parse_database_url
 
@@ -330,3 +330,20 @@ def test_digits_sqlite_cannot_hold_are_caught_by_the_verify_phase(
     assert lite.sql("SELECT amount FROM thirds WHERE id = 1") == [(0.3333333333333333,)]
     report = milepost.verify(pipeline(pg, lite, [{"table": "thirds"}], batch_size=100))
     assert not report.equal and report.streams[0].source_rows == 6
+
+
+def test_a_run_stopped_in_its_verify_phase_refuses_to_resume_into_a_dropped_table(
+    pg: Database, my: Database
+) -> None:
+    """Stopped in the verify phase (MySQL rounded a digit), then the destination table is
+    dropped: the next run says so, exit 2, instead of failing while it compares."""
+    pg.sql("CREATE TABLE n (id int PRIMARY KEY, v numeric)")
+    pg.sql("INSERT INTO n VALUES (1, %s)", (Decimal("0.1234567890123456789012345678901234567"),))
+    p = pipeline(pg, my, [{"table": "n"}])
+    with pytest.raises(VerificationFailed):
+        milepost.run(p)
+    my.sql("DROP TABLE n")
+    with pytest.raises(ResumeRefused) as caught:
+        milepost.run(p)
+    assert caught.value.exit_code == 2 and "'n'" in str(caught.value)
+    assert "no longer exists" in str(caught.value)

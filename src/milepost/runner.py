@@ -29,17 +29,16 @@ from milepost.config import Pipeline
 from milepost.copier import BatchDone, copy_chunk
 from milepost.crash import crash_point
 from milepost.errors import (
-    ConfigError,
     LeaseLost,
     MilepostError,
     Paused,
-    ResumeRefused,
     RetriesExhausted,
 )
 from milepost.events import Event, Listener, ignore
 from milepost.heartbeat import Heartbeat
 from milepost.keyset import RangeFilter
 from milepost.plan import foreign_key_order, plan_chunks
+from milepost.preflight import preflight
 from milepost.resume_checks import check_resume
 from milepost.retry import RetryPolicy
 from milepost.transfer import WorkerConnections
@@ -165,7 +164,9 @@ class Runner:
         if ledger.tables_exist(dst):
             ledger.ensure_tables(dst)  # a ledger from an older milepost gains its new columns
             recorded = ledger.read_run(dst, p.name)
-        self._preflight(recovery.decide(recorded, fingerprint, fresh=self.fresh), plans)
+        preflight(
+            p.name, recovery.decide(recorded, fingerprint, fresh=self.fresh), plans, self.fresh
+        )
         self.keeper.open()  # a missing key or a bad store is bad input: before any write
 
         self._wrote = True
@@ -186,7 +187,7 @@ class Runner:
             if takeover:
                 self.emit(Event("message", text=f"Pipeline '{p.name}': {takeover}."))
             decision = recovery.decide(before, fingerprint, fresh=self.fresh)
-            self._preflight(decision, plans)
+            preflight(p.name, decision, plans, self.fresh)
             if decision.action == "done":
                 status = "done"
                 self.emit(Event("finished", text=decision.reason))
@@ -327,33 +328,6 @@ class Runner:
                     f"of run {run_id} (keep_after_success: false)",
                 )
             )
-
-    def _preflight(self, decision: recovery.Decision, plans: list[schema.DestinationPlan]) -> None:
-        """Refuse before writing anything when the destination cannot take a fresh copy."""
-        if decision.action == "refuse":
-            raise ResumeRefused(
-                f"Pipeline '{self.pipeline.name}': {decision.reason}.",
-                hint="Run with --fresh to empty the destination tables and start over, or "
-                "restore the pipeline file it was started with.",
-            )
-        if decision.action == "resume" and decision.phase in ("copy", "finalize"):
-            for plan in plans:
-                if not plan.exists:
-                    raise ResumeRefused(
-                        f"Stream '{plan.source.stream.target}': the destination table "
-                        f"'{plan.table.name}' that this run was copying into no longer exists.",
-                        hint="Run with --fresh to create it again and start over.",
-                    )
-        if decision.action == "fresh" and not self.fresh:
-            for plan in plans:
-                if plan.rows_present and plan.source.stream.write != "replace":
-                    raise ConfigError(
-                        f"Stream '{plan.source.stream.target}': the destination table "
-                        f"'{plan.table.name}' already holds rows, and no progress of this "
-                        "pipeline is recorded for them; copying would duplicate them.",
-                        hint="Empty the table, write into another one with `name:`, or run "
-                        "with --fresh to let milepost empty it.",
-                    )
 
     def _schema_phase(
         self,
