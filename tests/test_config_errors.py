@@ -135,14 +135,30 @@ def test_unknown_key_inside_a_stream_is_named_with_its_path(
     assert_usage_error(run_cli(path), "streams[0].curser")
 
 
-def test_designed_but_unsupported_key_says_so(
-    tmp_path: Path, items: Database, dest: Database
+@pytest.mark.parametrize(
+    ("stream", "names"),
+    [
+        (
+            {"table": "items", "mode": "incremental", "lookback": "5m"},
+            ["'streams[0]'", "needs `write: upsert`"],
+        ),
+        ({"table": "items", "lookback": "5m", "write": "upsert"}, ["needs `mode: incremental`"]),
+        (
+            {"table": "items", "mode": "incremental", "write": "upsert", "lookback": "5 mins"},
+            ["'streams[0].lookback'", "30s, 5m, 2h or 1d"],
+        ),
+        ({"table": "items", "query": "SELECT 1"}, ["exactly one of table, query"]),
+        ({"query": "SELECT id FROM items"}, ["needs a `name:`"]),
+        ({"name": "x", "query": "SELECT id FROM items", "where": "id > 1"}, ["in the query"]),
+        ({"table": "items", "write": "merge"}, ["'streams[0].write'", "'upsert'"]),
+        ({"table": "items", "mode": "incremental", "write": "replace"}, ["defeats"]),
+    ],
+)
+def test_stream_settings_that_contradict_are_refused(
+    tmp_path: Path, items: Database, dest: Database, stream: dict[str, Any], names: list[str]
 ) -> None:
-    path = write_pipeline(
-        tmp_path, items.url, dest.url, streams=[{"table": "items", "mode": "incremental"}]
-    )
-    err = assert_usage_error(run_cli(path), "'streams[0].mode'")
-    assert "not supported by this version" in err
+    path = write_pipeline(tmp_path, items.url, dest.url, streams=[stream])
+    assert_usage_error(run_cli(path), *names)
     assert tables(dest) == []
 
 
@@ -378,7 +394,11 @@ def test_status_json_after_a_run(tmp_path: Path, items: Database, dest: Database
         "chunks_done",
         "state",
         "transfer",
+        "mode",
+        "completed",
     }
+    assert stream["mode"] == "migrate"
+    assert stream["completed"]["completed_runs"] == 1
 
 
 def test_bad_pipeline_leaves_no_sqlite_destination_file(tmp_path: Path, items: Database) -> None:

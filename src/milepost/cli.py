@@ -16,29 +16,23 @@ from collections.abc import Callable
 from enum import StrEnum
 from functools import wraps
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import typer
 from rich.console import Console
 from rich.table import Table
 
-from milepost.checkpoints.clearing import clear_checkpoints
-from milepost.checkpoints.codec import generate_key
-from milepost.checkpoints.keeper import CheckpointKeeper, Listed
-from milepost.checkpoints.on_demand import create_checkpoint
-from milepost.config import load_pipeline
 from milepost.errors import EXIT_FAILED, EXIT_MISMATCH, EXIT_PAUSED, MilepostError
 from milepost.events import Event
 from milepost.keyset import show_key
-from milepost.pause import request_pause
-from milepost.progress import JsonLines, PlainLines, RichProgress, quiet
-from milepost.repair import repair as repair_ranges
-from milepost.rewind import restore
-from milepost.rewind import rollback as rollback_to
-from milepost.runner import Runner
-from milepost.status import pipeline_status
-from milepost.verify import verify as verify_pipeline
-from milepost.verify_report import Report, key_doc
+
+# Each command imports what it uses, in its body: the runner, the verifier and the checkpoint
+# machinery bring SQLAlchemy, sqlglot, pydantic models and more (~0.4 s), which `--help`,
+# `status` or `pause` need not pay for.
+if TYPE_CHECKING:
+    from milepost.checkpoints.keeper import Listed
+    from milepost.runner import Runner
+    from milepost.verify_report import Report
 
 app = typer.Typer(
     add_completion=False,
@@ -107,6 +101,10 @@ def run(
     progress: ProgressStyle = typer.Option(ProgressStyle.auto, help="How to show progress."),
 ) -> None:
     """Copy (or resume copying) every stream of PIPELINE into its destination."""
+    from milepost.config import load_pipeline
+    from milepost.progress import JsonLines, PlainLines, RichProgress, quiet
+    from milepost.runner import Runner
+
     p = load_pipeline(pipeline).with_overrides(
         workers=workers, batch_size=batch_size, strict=strict or None
     )
@@ -168,6 +166,9 @@ def pause(
     Exits 0 once it has stopped (or when nothing is running), 3 if it is still running
     when the timeout passes.
     """
+    from milepost.config import load_pipeline
+    from milepost.pause import request_pause
+
     outcome = request_pause(load_pipeline(pipeline), wait=wait, timeout_s=timeout)
     out.print(outcome.text, markup=False)
     raise typer.Exit(outcome.exit_code)
@@ -180,6 +181,9 @@ def status(
     as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
 ) -> None:
     """Show what the ledger records for PIPELINE: phase, status, rows per stream."""
+    from milepost.config import load_pipeline
+    from milepost.status import pipeline_status
+
     report = pipeline_status(load_pipeline(pipeline))
     if as_json:
         out.print_json(json.dumps(report))
@@ -217,6 +221,7 @@ def status(
             "set aside",
             "chunks done",
             "transfer",
+            "watermark (last completed run)",
         )
         for s in report["streams"]:
             table.add_row(
@@ -227,8 +232,24 @@ def status(
                 f"{s['rows_rejected']:,}",
                 f"{s['chunks_done']}/{s['chunks']}",
                 s["transfer"] or "",
+                _watermark_cell(s),
             )
         out.print(table)
+
+
+def _watermark_cell(stream: dict[str, Any]) -> str:
+    """An incremental stream's high water, and how many runs have completed."""
+    pages = stream.get("resources")  # an HTTP or Python stream: its resource queue
+    if pages is not None:
+        high = pages.get("high_water")
+        return f"{pages['resources_done']}/{pages['resources']} resources, " + (
+            f"{pages['pages']:,} pages" + (f"; high water {high}" if high is not None else "")
+        )
+    done = stream.get("completed")
+    if stream.get("mode") != "incremental" or not done:
+        return ""
+    nulls = f", NULL part {done['null_watermark']}" if done.get("null_watermark") else ""
+    return f"{done['watermark']}{nulls} after {done['completed_runs']} run(s)"
 
 
 checkpoints_app = typer.Typer(
@@ -247,6 +268,9 @@ def checkpoints_list(
     as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
 ) -> None:
     """Every checkpoint of PIPELINE in its store, oldest first; unreadable ones say why."""
+    from milepost.checkpoints.keeper import CheckpointKeeper
+    from milepost.config import load_pipeline
+
     keeper = CheckpointKeeper(load_pipeline(pipeline))
     entries = keeper.list()
     if as_json:
@@ -277,6 +301,9 @@ def checkpoints_show(
     as_json: bool = typer.Option(False, "--json", help="Print the whole document as JSON."),
 ) -> None:
     """One checkpoint: where the run stood, every stream, and its audit trail."""
+    from milepost.checkpoints.keeper import CheckpointKeeper
+    from milepost.config import load_pipeline
+
     cp = CheckpointKeeper(load_pipeline(pipeline)).load(checkpoint_id)
     if as_json:
         out.print_json(json.dumps(cp.to_document()))
@@ -324,6 +351,9 @@ def checkpoints_create(
     timeout: float = typer.Option(120.0, min=1, help="How long to wait for a running run."),
 ) -> None:
     """A checkpoint now: of the idle run, or taken by the running one after its batch."""
+    from milepost.checkpoints.on_demand import create_checkpoint
+    from milepost.config import load_pipeline
+
     out.print(create_checkpoint(load_pipeline(pipeline), reason, timeout_s=timeout))
 
 
@@ -331,6 +361,9 @@ def checkpoints_create(
 @reported
 def checkpoints_restore(pipeline: Path = PIPELINE, checkpoint_id: str = CHECKPOINT_ID) -> None:
     """Rewind the run to a checkpoint: rows written after it are removed; `run` continues."""
+    from milepost.config import load_pipeline
+    from milepost.rewind import restore
+
     done = restore(load_pipeline(pipeline), checkpoint_id)
     out.print(
         f"Restored to {done.checkpoint.id}: {done.rows_removed:,} destination rows written "
@@ -348,6 +381,9 @@ def checkpoints_clear(
     ),
 ) -> None:
     """Remove the checkpoints of finished runs (and their backups); --all: every one."""
+    from milepost.checkpoints.clearing import clear_checkpoints
+    from milepost.config import load_pipeline
+
     cleared = clear_checkpoints(load_pipeline(pipeline), every_pipeline=every_pipeline)
     out.print(cleared, markup=False)
 
@@ -356,6 +392,8 @@ def checkpoints_clear(
 @reported
 def checkpoints_keygen() -> None:
     """Print a fresh AES-256 key (64 hex digits) for `checkpoints.encrypt`."""
+    from milepost.checkpoints.codec import generate_key
+
     out.print(generate_key())
 
 
@@ -366,6 +404,9 @@ def rollback(
     to: str = typer.Option(..., "--to", help="The before_risky checkpoint to go back to."),
 ) -> None:
     """Undo a risky step (write: replace, --fresh): put the emptied tables back."""
+    from milepost.config import load_pipeline
+    from milepost.rewind import rollback as rollback_to
+
     done = rollback_to(load_pipeline(pipeline), to)
     out.print(
         f"Rolled back to {done.checkpoint.id}: {', '.join(done.tables_restored)} restored from "
@@ -394,6 +435,12 @@ def verify(
     Exits 0 when they are equal and 4 when they differ (after --repair: when the
     repaired ranges still differ).
     """
+    from milepost.config import load_pipeline
+    from milepost.progress import PlainLines, quiet
+    from milepost.repair import repair as repair_ranges
+    from milepost.verify import verify as verify_pipeline
+    from milepost.verify_report import key_doc
+
     p = load_pipeline(pipeline).with_overrides(workers=workers)
     # The table below says per stream what the per-stream events would: only messages.
     plain = PlainLines(err)

@@ -7,16 +7,25 @@ preflight, before anything is written.
 
 from __future__ import annotations
 
+import datetime as dt
 import hashlib
 import json
 import os
+import re
 import string
 from pathlib import Path
 from typing import Any, Literal
 
-import httpx
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from milepost.checkpoints.settings import CheckpointSettings
 from milepost.errors import ConfigError
@@ -24,10 +33,7 @@ from milepost.urls import DatabaseUrl, parse_database_url
 
 # Keys from DESIGN.md that this version does not carry out yet. Naming them in the error
 # is kinder than "unknown key", and refusing them is safer than ignoring them.
-_NOT_YET = {
-    "query": "query streams",
-    "mode": "incremental mode",
-}
+_NOT_YET: dict[str, str] = {}
 
 # Values never echoed back in an error: they may be, or contain, credentials.
 _SECRET_KEYS = {"password", "alert_webhook"}
@@ -42,49 +48,237 @@ class Endpoint(_Strict):
 
     url: str
     password: SecretStr | None = None
+    # HTTP sources: sent with every request. Values may hold tokens (`${GITHUB_TOKEN}`), so
+    # they are never shown, logged or kept in a checkpoint.
+    headers: dict[str, SecretStr] = Field(default_factory=dict)
+    timeout_s: float = Field(default=30.0, gt=0, le=3600)
 
     def parsed(self, key: str) -> DatabaseUrl:
         secret = self.password.get_secret_value() if self.password else None
         return parse_database_url(self.url, key=f"{key}.url", password=secret)
 
 
-class StreamConfig(_Strict):
-    """One source table copied into one destination table."""
+# What a stream reads: exactly one of these keys names its source.
+STREAM_KINDS = ("table", "query", "endpoint", "python")
 
-    table: str = Field(min_length=1)
+# The column types an HTTP or Python stream may declare (`columns:`), as milepost's logical
+# kinds (milepost/typemap.py).
+DECLARED_TYPES = (
+    "integer",
+    "bigint",
+    "float",
+    "numeric",
+    "text",
+    "boolean",
+    "date",
+    "timestamp",
+    "timestamptz",
+    "json",
+    "uuid",
+)
+
+
+class Paginate(_Strict):
+    """How an HTTP resource hands out its pages (docs/sources/http.md).
+
+    cursor: each response carries a token (`next`, a dotted path in the body) sent back as
+    `param`; next_link: the next page's URL, from the `Link: <…>; rel="next"` header or a
+    body path (`next`); page: page numbers from `start`, sent as `param`, with `size` per
+    page as `size_param`; none: one response is the whole resource.
+    """
+
+    style: Literal["cursor", "next_link", "page", "none"] = "none"
+    param: str | None = None
+    next: str | None = None
+    size_param: str | None = None
+    size: int | None = Field(default=None, ge=1, le=100_000)
+    start: int = 1
+
+
+class StreamConfig(_Strict):
+    """One source table, query, HTTP resource or Python generator copied into one table."""
+
+    table: str | None = Field(default=None, min_length=1)
+    query: str | None = Field(default=None, min_length=1)
+    endpoint: str | None = Field(default=None, min_length=1)
+    # "package.module:function" naming a generator decorated with @milepost.source, or
+    # (Python API) the decorated function itself.
+    python: Any = None
     schema_: str | None = Field(default=None, alias="schema")
     name: str | None = Field(default=None, min_length=1)
     cursor: list[str] | None = None
+    # Columns appended to a non-unique cursor to make it unique; the primary key when omitted.
+    tie_breaker: list[str] | None = None
     where: str | None = None
+    # migrate: copy once; incremental: every run copies what is new since the last one.
+    mode: Literal["migrate", "incremental"] = "migrate"
     # append: add to what the destination table holds (refused on a fresh run if it holds
-    # rows); replace: a fresh run backs the table up, then empties it (a risky operation).
-    write: Literal["append", "replace"] = "append"
+    # rows); upsert: insert or update by `key`; replace: a fresh run backs the table up,
+    # then empties it (a risky operation).
+    write: Literal["append", "upsert", "replace"] = "append"
+    # The columns `write: upsert` matches rows by: the primary key when omitted.
+    key: list[str] | None = None
+    # Incremental runs re-read this far behind the watermark, for rows that committed late:
+    # a duration ("90s", "5m", "2h", "1d") for date and time cursors, a number for numeric
+    # ones. Needs `write: upsert`, which turns the re-read rows into updates.
+    lookback: str | int | float | None = None
+    # HTTP resources (docs/sources/http.md).
+    params: dict[str, str | int | float | bool] = Field(default_factory=dict)
+    records: str = ""
+    columns: dict[str, str] | None = None
+    paginate: Paginate = Paginate()
+    parent: str | None = None
+    since_param: str | None = None
 
-    @field_validator("write", mode="before")
-    @classmethod
-    def _upsert_not_yet(cls, value: Any) -> Any:
-        if value == "upsert":
-            raise ValueError("write: upsert is not supported by this version")
-        return value
-
-    @field_validator("cursor", mode="before")
+    @field_validator("cursor", "tie_breaker", "key", mode="before")
     @classmethod
     def _one_column_is_a_list(cls, value: Any) -> Any:
         return [value] if isinstance(value, str) else value
 
-    @field_validator("cursor")
+    @field_validator("cursor", "tie_breaker", "key")
     @classmethod
-    def _cursor_not_empty(cls, value: list[str] | None) -> list[str] | None:
+    def _columns_not_empty(cls, value: list[str] | None) -> list[str] | None:
         if value is not None and not value:
-            raise ValueError("a cursor names at least one column")
+            raise ValueError("names at least one column")
         if value is not None and len(set(value)) != len(value):
-            raise ValueError("a cursor names each column once")
+            raise ValueError("names each column once")
         return value
+
+    @field_validator("columns")
+    @classmethod
+    def _known_types(cls, value: dict[str, str] | None) -> dict[str, str] | None:
+        for column, kind in (value or {}).items():
+            if kind not in DECLARED_TYPES:
+                raise ValueError(
+                    f"column '{column}' has type '{kind}'; expected one of "
+                    f"{', '.join(DECLARED_TYPES)}"
+                )
+        return value
+
+    @field_validator("lookback")
+    @classmethod
+    def _lookback_readable(cls, value: str | int | float | None) -> str | int | float | None:
+        if isinstance(value, str):
+            parse_duration(value)
+        elif value is not None and (isinstance(value, bool) or value < 0):
+            raise ValueError("expected a duration such as 5m, or a number not below 0")
+        return value
+
+    @model_validator(mode="after")
+    def _one_kind(self) -> StreamConfig:
+        given = [k for k in STREAM_KINDS if getattr(self, k) is not None]
+        if len(given) != 1:
+            raise ValueError(
+                "a stream names exactly one of table, query, endpoint or python"
+                + (f" (this one names {' and '.join(given)})" if given else "")
+            )
+        kind = given[0]
+        if kind != "table" and not self.name:
+            raise ValueError(f"a stream with `{kind}:` needs a `name:` for its destination table")
+        if kind != "table" and self.where:
+            raise ValueError(
+                "`where:` filters a table; put the condition in the query itself"
+                if kind == "query"
+                else "`where:` filters a table; it does not apply here"
+            )
+        if kind == "endpoint" and not self.columns:
+            raise ValueError("an HTTP stream declares its `columns:` (name: type)")
+        if kind not in ("endpoint",) and (self.parent or self.since_param or self.params):
+            raise ValueError("`parent:`, `since_param:` and `params:` belong to HTTP streams")
+        if self.lookback is not None and self.mode != "incremental":
+            raise ValueError(
+                "`lookback:` re-reads behind an incremental watermark; it needs `mode: incremental`"
+            )
+        if self.lookback is not None and self.write != "upsert":
+            raise ValueError(
+                "`lookback:` reads some rows a second time; it needs `write: upsert` so that "
+                "they update the rows already copied instead of doubling them"
+            )
+        if self.mode == "incremental" and self.write == "replace":
+            raise ValueError(
+                "`write: replace` empties the table on every run, which defeats "
+                "`mode: incremental`; use append or upsert"
+            )
+        return self
+
+    @property
+    def kind(self) -> str:
+        """table, query, endpoint or python."""
+        return next(k for k in STREAM_KINDS if getattr(self, k) is not None)
 
     @property
     def target(self) -> str:
         """The destination table's name."""
-        return self.name or self.table
+        return self.name or self.table or ""
+
+    def source_identity(self) -> str:
+        """What the stream reads, for the fingerprint: the table, the query text, the
+        endpoint, or the generator's import path."""
+        if self.python is not None and not isinstance(self.python, str):
+            return f"{self.python.__module__}:{self.python.__qualname__}"
+        return str(getattr(self, self.kind))
+
+
+def _python(stream: Any) -> bool:
+    value = stream.get("python") if isinstance(stream, dict) else getattr(stream, "python", None)
+    return value is not None
+
+
+def endpoint_fields(endpoint: str) -> list[str]:
+    """The `{field}` names in an HTTP endpoint, filled from a parent stream's records."""
+    return [name for _, name, _, _ in string.Formatter().parse(endpoint) if name]
+
+
+def _check_page_streams(streams: list[StreamConfig], source_url: str) -> None:
+    """What HTTP and Python streams ask of the source and of each other: an `endpoint:`
+    needs an http(s) source, a table or query a database; a `parent:` is an HTTP stream
+    declared earlier whose columns fill the child's `{field}`s."""
+    url = source_url.strip().lower()
+    web = url.startswith(("http://", "https://"))
+    earlier: dict[str, StreamConfig] = {}
+    for s in streams:
+        if s.kind == "endpoint" and not web:
+            raise ValueError(
+                f"stream '{s.target}' reads an `endpoint:`, which needs an http:// or "
+                "https:// `source.url`"
+            )
+        if s.kind in ("table", "query") and (web or url.startswith("python:")):
+            raise ValueError(f"stream '{s.target}' reads a {s.kind}, which needs a database source")
+        fields = endpoint_fields(s.endpoint) if s.endpoint else []
+        parent = earlier.get(s.parent) if s.parent else None
+        if s.parent and (parent is None or parent.kind != "endpoint"):
+            raise ValueError(
+                f"stream '{s.target}' names `parent: {s.parent}`, which must be an HTTP stream "
+                "declared before it"
+            )
+        if parent is not None and not fields:
+            raise ValueError(
+                f"stream '{s.target}' has a parent, so its endpoint names the parent's fields "
+                "it is filled from, e.g. /repos/{full_name}/pulls"
+            )
+        unknown = [f for f in fields if parent is None or f not in (parent.columns or {})]
+        if unknown:
+            raise ValueError(
+                f"stream '{s.target}': its endpoint uses {{{unknown[0]}}}, which "
+                + (
+                    f"is not a column of its parent '{s.parent}'"
+                    if parent is not None
+                    else "only the records of a `parent:` stream can fill in"
+                )
+            )
+        earlier[s.target] = s
+
+
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)\s*$")
+_UNIT_S = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86_400}
+
+
+def parse_duration(text: str) -> dt.timedelta:
+    """'90s', '5m', '2h', '1d' as a timedelta (a two-letter grammar, not worth a library)."""
+    match = _DURATION.match(text)
+    if not match:
+        raise ValueError(f"expected a duration such as 30s, 5m, 2h or 1d (got {text!r})")
+    return dt.timedelta(seconds=float(match.group(1)) * _UNIT_S[match.group(2)])
 
 
 class RetrySettings(_Strict):
@@ -137,6 +331,22 @@ class Pipeline(_Strict):
     checkpoints: CheckpointSettings = Field(default_factory=CheckpointSettings)
     verify: VerifySettings = VerifySettings()
 
+    @model_validator(mode="before")
+    @classmethod
+    def _generators_need_no_source(cls, data: Any) -> Any:
+        """A pipeline whose streams are all Python generators reads from no server: its
+        `source` may be left out (it is then `python:`)."""
+        if isinstance(data, dict) and "source" not in data:
+            streams = data.get("streams")
+            if isinstance(streams, list) and streams and all(_python(s) for s in streams):
+                return {**data, "source": {"url": "python:"}}
+        return data
+
+    @model_validator(mode="after")
+    def _streams_fit(self) -> Pipeline:
+        _check_page_streams(self.streams, self.source.url)
+        return self
+
     @field_validator("name")
     @classmethod
     def _not_only_dots(cls, value: str) -> str:
@@ -148,6 +358,8 @@ class Pipeline(_Strict):
     @classmethod
     def _webhook_is_http(cls, value: SecretStr | None) -> SecretStr | None:
         if value is not None:
+            import httpx  # ~90 ms of imports: only for a pipeline that has a webhook
+
             try:
                 url = httpx.URL(value.get_secret_value())
             except httpx.InvalidURL:
@@ -165,6 +377,11 @@ class Pipeline(_Strict):
                 raise ValueError(f"two streams write into the destination table '{s.target}'")
             seen.add(s.target)
         return streams
+
+    @property
+    def incremental(self) -> bool:
+        """Does a completed run have a successor (a `mode: incremental` stream)?"""
+        return any(s.mode == "incremental" for s in self.streams)
 
     def source_url(self) -> DatabaseUrl:
         return self.source.parsed("source")
@@ -188,9 +405,30 @@ class Pipeline(_Strict):
                     "target": s.target,
                     "cursor": s.cursor,
                     "where": s.where,
-                    # Only when not the default, so pipelines from before write modes
+                    # Only when not the default, so pipelines from before these keys
                     # keep their fingerprint and resume.
                     **({"write": s.write} if s.write != "append" else {}),
+                    **({s.kind: s.source_identity()} if s.kind != "table" else {}),
+                    **{
+                        k: v
+                        for k, v in (
+                            ("mode", s.mode if s.mode != "migrate" else None),
+                            ("key", s.key),
+                            ("tie_breaker", s.tie_breaker),
+                            ("records", s.records or None),
+                            ("parent", s.parent),
+                            ("columns", s.columns),
+                            # Without secret-named ones (api_key): a rotated key is the
+                            # same pipeline, as for `headers:`.
+                            ("params", _public(s.params) or None),
+                            ("since_param", s.since_param),
+                            (
+                                "paginate",
+                                s.paginate.model_dump() if s.paginate != Paginate() else None,
+                            ),
+                        )
+                        if v is not None
+                    },
                 }
                 for s in self.streams
             ],
@@ -207,6 +445,9 @@ class Pipeline(_Strict):
             data["destination"]["password"] = self.destination.password.get_secret_value()
         if self.alert_webhook:
             data["alert_webhook"] = self.alert_webhook.get_secret_value()
+        for side in ("source", "destination"):
+            endpoint = getattr(self, side)
+            data[side]["headers"] = {k: v.get_secret_value() for k, v in endpoint.headers.items()}
         return build_pipeline(data, origin="the command line")
 
 
@@ -311,3 +552,10 @@ def _interpolate(node: Any, env: dict[str, str], path: Path, where: str = "") ->
                 "literal dollar sign."
             ) from None
     return node
+
+
+def _public(params: dict[str, Any]) -> dict[str, Any]:
+    """HTTP `params:` without the ones whose names say they hold a secret."""
+    from milepost.checkpoints.redact import is_secret_name
+
+    return {k: v for k, v in params.items() if not is_secret_name(k)}

@@ -19,7 +19,7 @@ from typing import Any
 from milepost import connectors, ledger
 from milepost.crash import crash_point
 from milepost.errors import CopyFailed, LeaseLost, RowRejected
-from milepost.keyset import Key, RangeFilter, encode_key, show_key
+from milepost.keyset import Key, encode_key, show_key
 from milepost.rejects import Refused, write_around_refused
 from milepost.schema import SourceTable
 from milepost.transfer import Transfer
@@ -147,7 +147,7 @@ def _write_refused_batch(
             )
         refused.append(row)
 
-    rng = RangeFilter(lo=batch.lo, hi=batch.end, where=table.stream.where)
+    rng = table.range(batch.lo, batch.end)
     try:
         with dst.transaction():
             rows = write_around_refused(src, dst, transfer, table, rng, on_refused)
@@ -185,16 +185,15 @@ def _plan_batches(
 ) -> Iterator[_Planned]:
     """Successive batches of the chunk after `start`: each one's last key first, then its
     rows."""
-    src_table = src.qualified(table.name, table.stream.schema_)
-    where = table.stream.where
+    src_table = table.reader(src)
     watermark = start
     while not stop.is_set():
-        remaining = RangeFilter(lo=watermark, hi=chunk.hi, where=where)
+        remaining = table.range(watermark, chunk.hi)
         try:
             end, final = src.next_batch_end(src_table, table.cursor, remaining, batch_size)
             payload = None
             if end is not None:
-                payload = transfer.read(RangeFilter(lo=watermark, hi=end, where=where))
+                payload = transfer.read(table.range(watermark, end))
         except Exception as exc:
             raise CopyFailed(
                 f"Stream '{table.stream.target}', chunk {chunk.index}: reading the source "

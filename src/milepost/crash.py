@@ -8,9 +8,10 @@ committed". Off unless the environment names a point:
     MILEPOST_CRASH_AT=copy.before_commit@3    # the third time
 
 Points: schema.after_create, copy.before_commit, copy.after_commit,
-copy.refused_after_commit (a batch written around refused rows), and
-finalize.before_done. The variable is read once at import; when it is unset a crash
-point costs one comparison.
+copy.refused_after_commit (a batch written around refused rows), pages.before_commit,
+pages.after_commit and pages.after_enqueue (HTTP and Python streams, milepost/pages.py
+and page_streams.py), and finalize.before_done. The variable is read once at import;
+when it is unset a crash point costs one comparison.
 """
 
 from __future__ import annotations

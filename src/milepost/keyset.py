@@ -147,12 +147,29 @@ class KeysetSql:
         return sql, [vals[0], vals[0], vals[0], *inner_params]
 
 
+def null_lead(key: Key | None) -> bool:
+    """Is this a key of the rows whose leading cursor column is NULL?
+
+    Those rows cannot be ordered against the others (NULL compares as unknown), so they
+    are copied as a part of their own, ordered by the cursor's other columns; their keys
+    are the whole cursor with None in front. The part starts after (None, None, ...).
+    """
+    return key is not None and key[0] is None
+
+
+def nulls_start(cursor: Sequence[str]) -> Key:
+    """The lower bound of the NULL-lead part of a stream: before its first row."""
+    return (None,) * len(cursor)
+
+
 @dataclass(frozen=True)
 class RangeFilter:
     """The rows of one batch or chunk: after `lo` (exclusive) and up to `hi` (inclusive).
 
     A batch's `hi` is its last key, read from the index before the batch; a chunk's is
-    the boundary planned for it. None leaves that side open.
+    the boundary planned for it. None leaves that side open. A key with None in front
+    (`null_lead`) selects the rows whose leading cursor column is NULL, compared by the
+    columns after it; `lead_nullable` keeps those rows out of every other range.
     """
 
     lo: Key | None = None
@@ -161,20 +178,44 @@ class RangeFilter:
     # Keys left out, or the only keys taken (rows set aside under `on_row_error: skip`).
     without: tuple[Key, ...] = ()
     within: tuple[Key, ...] = ()
+    lead_nullable: bool = False
 
     def sql(self, keyset: KeysetSql) -> tuple[str, list[Any]]:
         parts: list[str] = []
         params: list[Any] = []
-        for key, build in ((self.lo, keyset.after), (self.hi, keyset.up_to)):
-            if key is not None:
-                clause, values = build(key)
+        nulls = null_lead(self.lo) or null_lead(self.hi)
+        ks = keyset
+        if nulls:
+            parts.append(f"{keyset.columns[0]} IS NULL")
+            ks = KeysetSql(keyset.columns[1:], keyset.placeholder, keyset.row_values)
+        elif self.lead_nullable:
+            parts.append(f"{keyset.columns[0]} IS NOT NULL")
+        for key, build in ((self.lo, ks.after), (self.hi, ks.up_to)):
+            rest = key[1:] if nulls and key is not None else key
+            if rest is not None and ks.columns and any(v is not None for v in rest):
+                clause, values = build(rest)
                 parts.append(f"({clause})")
                 params.extend(values)
         if self.where:
             parts.append(f"({verbatim(self.where, keyset.placeholder)})")
-        one = " AND ".join(f"{c} = {keyset.placeholder}" for c in keyset.columns)
         for keys, form in ((self.without, "NOT ({})"), (self.within, "({})")):
             if keys:
-                parts.append(form.format(" OR ".join(f"({one})" for _ in keys)))
-                params.extend(v for key in keys for v in key)
+                matches = []
+                for key in keys:
+                    match, values = _equal(keyset, key)
+                    matches.append(f"({match})")
+                    params.extend(values)
+                parts.append(form.format(" OR ".join(matches)))
         return (" AND ".join(parts) or "1=1"), params
+
+
+def _equal(keyset: KeysetSql, key: Key) -> tuple[str, list[Any]]:
+    """The row with exactly this key; a NULL lead matches NULL."""
+    terms, values = [], []
+    for column, value in zip(keyset.columns, key, strict=True):
+        if value is None:
+            terms.append(f"{column} IS NULL")
+        else:
+            terms.append(f"{column} = {keyset.placeholder}")
+            values.append(value)
+    return " AND ".join(terms), values

@@ -12,8 +12,9 @@ from dataclasses import dataclass
 from graphlib import CycleError, TopologicalSorter
 from typing import Any
 
-from milepost.keyset import Key
-from milepost.schema import SourceTable
+from milepost import ledger, transfer, watermarks, write_modes
+from milepost.keyset import Key, nulls_start
+from milepost.schema import DestinationPlan, SourceTable
 
 # Enough chunks for parallel workers, few enough that the ledger stays small.
 ROWS_PER_CHUNK_BATCHES = 20
@@ -55,7 +56,7 @@ def plan_chunks(
     conn: Any, src: SourceTable, table_sql: str, rows_estimate: int | None, batch_size: int
 ) -> list[ChunkPlan]:
     """Cut an integer single-column cursor into even ranges; anything else is one chunk."""
-    if rows_estimate is None or len(src.cursor) != 1:
+    if rows_estimate is None or len(src.cursor) != 1 or write_modes.needs_order(src):
         return [ChunkPlan(0, None, None)]
     wanted = min(MAX_CHUNKS, math.ceil(rows_estimate / (batch_size * ROWS_PER_CHUNK_BATCHES)))
     if wanted <= 1:
@@ -69,3 +70,53 @@ def plan_chunks(
     bounds = list(range(lo - 1 + step, hi, step))
     edges: list[Key | None] = [None, *[(b,) for b in bounds], None]
     return [ChunkPlan(i, edges[i], edges[i + 1]) for i in range(len(edges) - 1)]
+
+
+def record_plans(
+    src: Any,
+    dst: Any,
+    pipeline: Any,
+    plans: list[DestinationPlan],
+    marks: dict[str, watermarks.Watermark],
+) -> None:
+    """Plan every stream's chunks and write them to the ledger (inside the schema phase's
+    transaction).
+
+    A migrate stream that a completed run copied gets no chunks; an incremental one that a
+    completed run copied gets one chunk after its high water (less `lookback`); every
+    other stream is cut into ranges. A stream whose leading cursor column may be NULL gets
+    one more chunk for those rows (keyset.null_lead).
+    """
+    for position, plan in enumerate(plans):
+        table = plan.source
+        stream = table.stream
+        if stream.kind in ("endpoint", "python"):
+            from milepost.page_streams import record_stream  # HTTP and Python sources
+
+            record_stream(dst, pipeline.name, table, position, marks)
+            continue
+        relation = table.relation(src)
+        mark = marks.get(stream.target)
+        estimate = table.estimate_rows(src)
+        if watermarks.skipped(stream, marks):
+            chunks: list[ChunkPlan] = []
+        elif mark is not None:
+            start = watermarks.start_after(src, relation, table.cursor, stream, mark)
+            chunks = [ChunkPlan(0, start, None)]
+        else:
+            chunks = plan_chunks(src, table, relation, estimate, pipeline.batch_size)
+        if table.lead_nullable and not watermarks.skipped(stream, marks):
+            after = mark.null_high_water if mark else None
+            chunks.append(ChunkPlan(len(chunks), after or nulls_start(table.cursor), None))
+        bounds = src.cursor_bounds(table.reader(src), table.cursor, table.range())
+        ledger.record_stream(
+            dst,
+            pipeline.name,
+            stream.target,
+            position,
+            table.cursor,
+            estimate,
+            transfer.choose(src, dst, table).name,
+            [(c.index, c.lo, c.hi) for c in chunks],
+            bounds,
+        )

@@ -4,6 +4,8 @@ that vanished under a run, or rows a fresh copy would duplicate. Each is bad inp
 
 from __future__ import annotations
 
+from collections.abc import Collection
+
 from milepost import recovery, schema
 from milepost.errors import ConfigError, ResumeRefused
 
@@ -13,8 +15,12 @@ def preflight(
     decision: recovery.Decision,
     plans: list[schema.DestinationPlan],
     fresh: bool,
+    copied: Collection[str] = (),
 ) -> None:
-    """Refuse before writing anything when the destination cannot take the run."""
+    """Refuse before writing anything when the destination cannot take the run.
+
+    `copied`: streams a completed run of this pipeline copied (milepost/watermarks.py);
+    the rows in their tables are accounted for, not strangers a copy would duplicate."""
     if decision.action == "refuse":
         raise ResumeRefused(
             f"Pipeline '{pipeline}': {decision.reason}.",
@@ -31,7 +37,8 @@ def preflight(
                 )
     if decision.action == "fresh" and not fresh:
         for plan in plans:
-            if plan.rows_present and plan.source.stream.write != "replace":
+            stream = plan.source.stream
+            if plan.rows_present and stream.write == "append" and stream.target not in copied:
                 raise ConfigError(
                     f"Stream '{plan.source.stream.target}': the destination table "
                     f"'{plan.table.name}' already holds rows, and no progress of this "

@@ -13,7 +13,7 @@ from typing import Literal
 from milepost.keyset import Key
 from milepost.ledger import RunRow
 
-Action = Literal["fresh", "resume", "done", "refuse"]
+Action = Literal["fresh", "resume", "done", "next", "refuse"]
 
 # Phases in the order a run passes them; "new" and "schema" hold no copied rows yet.
 PHASES = ("new", "schema", "copy", "verify", "finalize", "done")
@@ -26,7 +26,11 @@ class Decision:
     phase: str = "schema"
 
 
-def decide(run: RunRow | None, fingerprint: str, *, fresh: bool = False) -> Decision:
+def decide(
+    run: RunRow | None, fingerprint: str, *, fresh: bool = False, incremental: bool = False
+) -> Decision:
+    """`incremental`: the pipeline has a `mode: incremental` stream, so a completed run is
+    followed by the next one, which copies what is new since."""
     if fresh:
         return Decision("fresh", "--fresh was given: the destination tables are emptied first")
     if run is None or not run.run_id or run.phase in ("new", "schema"):
@@ -38,6 +42,10 @@ def decide(run: RunRow | None, fingerprint: str, *, fresh: bool = False) -> Deci
             "streams, cursors or filters differ), so the recorded progress does not describe "
             "this pipeline",
             run.phase,
+        )
+    if (run.status == "done" or run.phase == "done") and incremental:
+        return Decision(
+            "next", f"run {run.run_id} completed; this run copies what is new since", "schema"
         )
     if run.status == "done" or run.phase == "done":
         return Decision("done", f"run {run.run_id} already completed", "done")

@@ -21,6 +21,7 @@ from typing import Any
 
 from milepost import connectors
 from milepost.keyset import Key, RangeFilter
+from milepost.query import Relation
 from milepost.schema import SourceTable
 from milepost.transfer import Transfer
 
@@ -50,12 +51,13 @@ def write_around_refused(
     Call inside the destination transaction; returns the rows written. `on_refused`
     may raise to stop at the first refused row.
     """
-    src_table = src.qualified(table.name, table.stream.schema_)
+    src_table = table.reader(src)
     where, params = rng.sql(src.keyset(table.cursor))
-    total = int(src.query(f"SELECT COUNT(*) FROM {src_table} WHERE {where}", params)[0][0])
+    relation = table.relation(src)
+    total = int(src.query(f"SELECT COUNT(*) FROM {relation} WHERE {where}", params)[0][0])
 
     def attempt(lo: Key | None, hi: Key | None, n: int) -> int:
-        part = RangeFilter(lo, hi, rng.where)
+        part = table.range(lo, hi)
         try:
             with dst.savepoint():
                 return int(transfer.write(transfer.read(part)))
@@ -74,7 +76,9 @@ def write_around_refused(
     return attempt(rng.lo, rng.hi, total) if total else 0
 
 
-def _fetch_row(src: Any, table: SourceTable, src_table: str, rng: RangeFilter) -> dict[str, Any]:
+def _fetch_row(
+    src: Any, table: SourceTable, src_table: Relation, rng: RangeFilter
+) -> dict[str, Any]:
     query, params = src.select_range(src_table, table.columns, table.cursor, rng)
     rows = src.fetch_rows(query, params)
     return dict(zip(table.columns, rows[0], strict=True)) if rows else {}

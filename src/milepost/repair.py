@@ -23,7 +23,7 @@ from milepost.checkpoints.keeper import CheckpointKeeper
 from milepost.config import Pipeline
 from milepost.errors import CopyFailed, LeaseLost
 from milepost.events import Event, Listener, ignore
-from milepost.keyset import Key, RangeFilter, encode_key, show_key
+from milepost.keyset import Key, encode_key, show_key
 from milepost.verify import Difference, in_range
 
 _sql = ledger.portable_sql
@@ -134,7 +134,9 @@ def _delete_range(
     dst: Any, table: schema.SourceTable, diff: Difference, set_aside: tuple[Key, ...]
 ) -> int:
     """The range's destination rows, but for set-aside rows someone may have put in by hand."""
-    rng = RangeFilter(diff.lo, diff.hi, without=in_range(set_aside, diff.lo, diff.hi))
+    if table.stream.write == "upsert":
+        return 0  # rows of the table's own live there too; upserting the range again repairs
+    rng = table.range(diff.lo, diff.hi, source=False, without=in_range(set_aside, diff.lo, diff.hi))
     where, params = rng.sql(dst.keyset(table.cursor))
     return int(dst.execute(f"DELETE FROM {dst.quote(table.stream.target)} WHERE {where}", params))
 
@@ -149,16 +151,13 @@ def _copy_range(
 ) -> int:
     """The source's rows of the range, a batch at a time (memory stays bounded), but for
     the rows set aside (`on_row_error: skip`): the destination refused them before."""
-    src_table = src.qualified(table.name, table.stream.schema_)
-    where = table.stream.where
+    src_table = table.reader(src)
     copied, after = 0, diff.lo
     while True:
-        end, final = src.next_batch_end(
-            src_table, table.cursor, RangeFilter(after, diff.hi, where), batch
-        )
+        end, final = src.next_batch_end(src_table, table.cursor, table.range(after, diff.hi), batch)
         if end is None:
             return copied
-        rows = RangeFilter(after, end, where, in_range(set_aside, after, end))
+        rows = table.range(after, end, without=in_range(set_aside, after, end))
         copied += path.write(path.read(rows))
         if final:
             return copied

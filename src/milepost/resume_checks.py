@@ -17,7 +17,6 @@ from milepost.checkpoints.keeper import CheckpointKeeper
 from milepost.config import Pipeline
 from milepost.errors import ResumeRefused
 from milepost.events import Event, Listener
-from milepost.keyset import RangeFilter
 
 
 def check_resume(
@@ -39,12 +38,14 @@ def check_resume(
         mine = [c for c in chunks if c.stream == name]
         if not mine or all(c.status == "done" for c in mine):
             continue
+        if plan.source.stream.kind in ("endpoint", "python"):
+            continue  # an API or a generator has no cursor range to check (page_streams.py)
         written = sum(c.rows_written for c in mine)
-        table = src.qualified(plan.source.name, plan.source.stream.schema_)
-        where = RangeFilter(where=plan.source.stream.where)
-        low, _ = src.cursor_bounds(table, plan.source.cursor, where)
+        table = plan.source.relation(src)
+        where = plan.source.range()
+        low, _ = src.cursor_bounds(plan.source.reader(src), plan.source.cursor, where)
         counted = None
-        estimate = src.estimate_rows(plan.source.name, plan.source.stream.schema_)
+        estimate = plan.source.estimate_rows(src)
         if estimate is not None and estimate < written // 2:
             # Estimates go stale; count before calling it drift.
             query, params = where.sql(src.keyset(plan.source.cursor))
@@ -70,8 +71,10 @@ def check_resume(
                 "from the start",
             )
         )
+        upsert = any(s.target == drift.stream and s.write == "upsert" for s in p.streams)
         with dst.transaction():
-            dst.execute(f"DELETE FROM {dst.quote(drift.stream)}")
+            if not upsert:  # an upsert stream's table holds rows of its own: upserted again
+                dst.execute(f"DELETE FROM {dst.quote(drift.stream)}")
             ledger.restart_stream(dst, p.name, drift.stream)
     saved = before.updated_at
     try:

@@ -25,7 +25,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from milepost import backup, connectors, ledger
+from milepost import backup, connectors, ledger, watermarks
 from milepost.checkpoints.keeper import CheckpointKeeper
 from milepost.checkpoints.model import Checkpoint, ChunkState, key_from_doc
 from milepost.config import Pipeline
@@ -53,6 +53,13 @@ def restore(pipeline: Pipeline, checkpoint_id: str, emit: Listener = ignore) -> 
         try:
             run = ledger.read_run(dst, pipeline.name)
             _same_pipeline(pipeline, cp)
+            pages = [s.target for s in pipeline.streams if s.kind in ("endpoint", "python")]
+            if pages:  # their progress is per resource (resource_ledger), not in checkpoints
+                raise ResumeRefused(
+                    f"Stream '{pages[0]}' reads an HTTP API or a Python generator, whose "
+                    "pages a checkpoint does not record: restore cannot rewind it.",
+                    hint="Run the pipeline again to continue, or with --fresh to start over.",
+                )
             if run is None or run.run_id != cp.run_id:
                 raise ResumeRefused(
                     f"Checkpoint {cp.id} belongs to run {cp.run_id}, but the ledger is at run "
@@ -63,12 +70,16 @@ def restore(pipeline: Pipeline, checkpoint_id: str, emit: Listener = ignore) -> 
             removed = 0
             _not_ahead(cp, ledger.read_chunks(dst, pipeline.name))
             with dst.transaction():
+                watermarks.rewind(dst, pipeline.name, cp.run_id)
                 streams = {s.stream: s for s in ledger.read_streams(dst, pipeline.name)}
                 chunks = ledger.read_chunks(dst, pipeline.name)
                 # Children before parents: foreign keys added at finalize stay satisfied.
                 order = sorted(chunks, key=lambda c: -streams[c.stream].position)
+                upsert = {s.target for s in pipeline.streams if s.write == "upsert"}
                 for chunk in order:
-                    removed += _rewind_chunk(dst, pipeline.name, streams[chunk.stream], chunk, cp)
+                    removed += _rewind_chunk(
+                        dst, pipeline.name, streams[chunk.stream], chunk, cp, chunk.stream in upsert
+                    )
                 ledger.set_state(
                     dst,
                     lease,
@@ -114,6 +125,7 @@ def rollback(pipeline: Pipeline, checkpoint_id: str, emit: Listener = ignore) ->
                 if name not in backed_up and sa.inspect(dst.sqlalchemy_engine()).has_table(name)
             ]
             with dst.transaction():
+                watermarks.rewind(dst, pipeline.name, cp.run_id)
                 backup.put_back(dst, saved)
                 for name in sorted(written_since):
                     dst.execute(f"DELETE FROM {dst.quote(name)}")
@@ -200,9 +212,17 @@ def _as_it_was(before: ledger.RunRow | None) -> tuple[str, str | None]:
 
 
 def _rewind_chunk(
-    dst: Any, pipeline: str, stream: ledger.StreamRow, chunk: ledger.ChunkRow, cp: Checkpoint
+    dst: Any,
+    pipeline: str,
+    stream: ledger.StreamRow,
+    chunk: ledger.ChunkRow,
+    cp: Checkpoint,
+    upsert: bool = False,
 ) -> int:
-    """Put one chunk back where the checkpoint saw it; returns the rows deleted."""
+    """Put one chunk back where the checkpoint saw it; returns the rows deleted.
+
+    An upsert stream's rows stay: its table holds rows of its own among them, and
+    upserting them again from the checkpoint on ends with the same table."""
     saved = _chunk_in(cp, chunk.stream, chunk.index)
     back_to: Key | None = key_from_doc(saved.watermark) if saved else None
     keep_after = back_to if back_to is not None else chunk.lo
@@ -211,7 +231,8 @@ def _rewind_chunk(
         where, params = RangeFilter(lo=keep_after, hi=chunk.watermark).sql(
             dst.keyset(stream.cursor)
         )
-        removed = dst.execute(f"DELETE FROM {dst.quote(chunk.stream)} WHERE {where}", params)
+        if not upsert:
+            removed = dst.execute(f"DELETE FROM {dst.quote(chunk.stream)} WHERE {where}", params)
         aside = _rejected_keys(dst, pipeline, chunk.stream, chunk.index)
         later = [i for i, key in aside if keep_after is None or key > keep_after]
         _forget_rejected(dst, later)

@@ -20,7 +20,7 @@ import uuid
 from dataclasses import dataclass
 from typing import Any
 
-from milepost import backup, connectors, ledger, recovery, schema, transfer
+from milepost import backup, connectors, ledger, page_streams, recovery, schema, watermarks
 from milepost.alerts import send_alert
 from milepost.checkpoints.keeper import CheckpointKeeper
 from milepost.checkpoints.model import Kind
@@ -36,8 +36,7 @@ from milepost.errors import (
 )
 from milepost.events import Event, Listener, ignore
 from milepost.heartbeat import Heartbeat
-from milepost.keyset import RangeFilter
-from milepost.plan import foreign_key_order, plan_chunks
+from milepost.plan import foreign_key_order, record_plans
 from milepost.preflight import preflight
 from milepost.resume_checks import check_resume
 from milepost.retry import RetryPolicy
@@ -160,13 +159,19 @@ class Runner:
         fingerprint = p.fingerprint()
         tables = foreign_key_order([schema.inspect_source(src, s) for s in p.streams])
         plans = schema.inspect_destination(src, dst, tables)
-        recorded = None
+        recorded, copied = None, set()
         if ledger.tables_exist(dst):
             ledger.ensure_tables(dst)  # a ledger from an older milepost gains its new columns
             recorded = ledger.read_run(dst, p.name)
+            copied = set(watermarks.read(dst, p.name))
         preflight(
-            p.name, recovery.decide(recorded, fingerprint, fresh=self.fresh), plans, self.fresh
+            p.name,
+            recovery.decide(recorded, fingerprint, fresh=self.fresh, incremental=p.incremental),
+            plans,
+            self.fresh,
+            copied,
         )
+        page_streams.probe(p, src, self.stop, recorded, self.fresh)  # an HTTP source's URLs
         self.keeper.open()  # a missing key or a bad store is bad input: before any write
 
         self._wrote = True
@@ -186,8 +191,10 @@ class Runner:
         try:
             if takeover:
                 self.emit(Event("message", text=f"Pipeline '{p.name}': {takeover}."))
-            decision = recovery.decide(before, fingerprint, fresh=self.fresh)
-            preflight(p.name, decision, plans, self.fresh)
+            decision = recovery.decide(
+                before, fingerprint, fresh=self.fresh, incremental=p.incremental
+            )
+            preflight(p.name, decision, plans, self.fresh, copied)
             if decision.action == "done":
                 status = "done"
                 self.emit(Event("finished", text=decision.reason))
@@ -239,6 +246,9 @@ class Runner:
                     # disk, and with it every batch before it: "done" is never reported of a
                     # copy that a crash could still undo.
                     dst.execute("SET LOCAL synchronous_commit = on")
+                watermarks.record_run(
+                    dst, p.name, run_id, list(p.streams), ledger.read_chunks(dst, p.name)
+                )
                 ledger.set_state(dst, lease, phase="done", status="done")
             status = "done"
             self._lease = None
@@ -340,14 +350,21 @@ class Runner:
     ) -> None:
         p = self.pipeline
         self.emit(Event("phase", text="schema"))
+        # `--fresh` forgets the high waters in the transaction that starts this run, after
+        # the backup: a run failing before it leaves the last completed run's standing.
+        marks = {} if self.fresh else watermarks.read(dst, p.name)
         to_empty = [
             plan
             for plan in plans
-            if plan.rows_present and (self.fresh or plan.source.stream.write == "replace")
+            if plan.rows_present
+            and (self.fresh or plan.source.stream.write == "replace")
+            and not watermarks.skipped(plan.source.stream, marks)
         ]
         if to_empty:
             self._before_risky(dst, run_id, to_empty)
         with dst.transaction():
+            if self.fresh:
+                watermarks.forget(dst, p.name)
             ledger.set_state(
                 dst,
                 lease,
@@ -368,25 +385,7 @@ class Runner:
             self.emit(Event("message", text=f"created table {name}"))
         crash_point("schema.after_create")
         with dst.transaction():
-            for position, plan in enumerate(plans):
-                src_table = src.qualified(plan.source.name, plan.source.stream.schema_)
-                estimate = src.estimate_rows(plan.source.name, plan.source.stream.schema_)
-                chunks = plan_chunks(src, plan.source, src_table, estimate, p.batch_size)
-                bounds = src.cursor_bounds(
-                    src_table, plan.source.cursor, RangeFilter(where=plan.source.stream.where)
-                )
-                path = transfer.choose(src, dst, plan.source)
-                ledger.record_stream(
-                    dst,
-                    p.name,
-                    plan.source.stream.target,
-                    position,
-                    plan.source.cursor,
-                    estimate,
-                    path.name,
-                    [(c.index, c.lo, c.hi) for c in chunks],
-                    bounds,
-                )
+            record_plans(src, dst, p, plans, marks)
             ledger.set_state(dst, lease, phase="copy")
 
     # --- the copy phase: chunks over workers ----------------------------------------
@@ -398,6 +397,7 @@ class Runner:
         self.emit(Event("phase", text="copy"))
         by_target = {plan.source.stream.target: plan.source for plan in plans}
         chunks = ledger.read_chunks(dst, p.name)
+        self._pages = page_streams.PageCopier(p, self.retry, self.emit, self._on_batch, chunks)
         estimates = {s.stream: s.rows_estimate for s in ledger.read_streams(dst, p.name)}
         order = [plan.source.stream.target for plan in plans]
         for stream in order:
@@ -457,7 +457,10 @@ class Runner:
                     chunk = work.get_nowait()
                 except queue.Empty:
                     return
-                self._copy_with_retry(conns, chunk, lease, tables[chunk.stream])
+                if page_streams.is_page(tables[chunk.stream].stream):  # HTTP, Python
+                    self._pages.copy(conns, chunk, lease, tables[chunk.stream])
+                else:
+                    self._copy_with_retry(conns, chunk, lease, tables[chunk.stream])
         except Paused:
             return  # asked to stop while waiting to retry: nothing was lost
         except BaseException as exc:

@@ -15,8 +15,11 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.schema import AddConstraint
 
+from milepost import write_modes
 from milepost.config import StreamConfig
 from milepost.errors import ConfigError, SchemaError
+from milepost.keyset import Key, RangeFilter
+from milepost.query import ParsedQuery, Relation
 from milepost.typemap import Declared, Logical, classify, destination_type, holds
 
 
@@ -33,15 +36,60 @@ class SourceTable:
     primary_key: list[str]
     cursor: list[str]
     foreign_keys: list[dict[str, Any]] = field(default_factory=list)
+    # A query stream's parsed query (milepost/query.py), and its columns' exact PostgreSQL
+    # types (a query has no catalog entry to look them up in later).
+    query: ParsedQuery | None = None
+    exact_types: dict[str, str] = field(default_factory=dict)
 
     @property
     def name(self) -> str:
-        return self.stream.table
+        return self.stream.table or self.stream.target
 
     @property
     def label(self) -> str:
         s = self.stream
-        return f"{s.schema_}.{s.table}" if s.schema_ else s.table
+        if self.query is not None:
+            return f"query '{s.target}'"
+        return f"{s.schema_}.{s.table}" if s.schema_ else s.table or ""
+
+    @property
+    def described(self) -> str:
+        """For messages: table 'x' or query 'x'."""
+        return self.label if self.query is not None else f"table '{self.label}'"
+
+    def relation(self, conn: Any) -> str:
+        """What SQL on `conn` reads the rows from: the quoted table, or the query as a
+        derived table `(<query>) AS _milepost_q` whose columns are the output names."""
+        if self.query is not None:
+            return self.query.derived(conn.placeholder)
+        return str(conn.qualified(self.name, self.stream.schema_))
+
+    def reader(self, conn: Any) -> Relation:
+        """What the connector's range reads take (next_batch_end, cursor_bounds,
+        select_range): the quoted table, or the parsed query, which a merged query is
+        rewritten from."""
+        return self.query if self.query is not None else self.relation(conn)
+
+    def estimate_rows(self, conn: Any) -> int | None:
+        """The planner's row estimate of a table; a query's is not known (None)."""
+        if self.query is not None:
+            return None
+        estimate: int | None = conn.estimate_rows(self.name, self.stream.schema_)
+        return estimate
+
+    @property
+    def lead_nullable(self) -> bool:
+        """May the leading cursor column be NULL? Then those rows are a part of their own
+        (keyset.null_lead), and every other range leaves them out."""
+        return bool(self.nullable.get(self.cursor[0], False))
+
+    def range(
+        self, lo: Key | None = None, hi: Key | None = None, *, source: bool = True, **more: Any
+    ) -> RangeFilter:
+        """The stream's rows after `lo` up to `hi`: on the source with its `where:`, on the
+        destination without (the filter was applied when the rows were copied)."""
+        where = self.stream.where if source else None
+        return RangeFilter(lo, hi, where, lead_nullable=self.lead_nullable, **more)
 
 
 @dataclass
@@ -56,6 +104,14 @@ class DestinationPlan:
 
 def inspect_source(conn: Any, stream: StreamConfig) -> SourceTable:
     """Reflect a stream's source table and settle its cursor; raise naming what is wrong."""
+    if stream.query is not None:
+        from milepost.query_schema import inspect_query  # it builds on this module
+
+        return inspect_query(conn, stream)
+    if stream.kind in ("endpoint", "python"):
+        from milepost.page_streams import inspect as inspect_declared  # it builds on this module
+
+        return inspect_declared(stream)
     insp = sa.inspect(conn.sqlalchemy_engine())
     label = f"{stream.schema_}.{stream.table}" if stream.schema_ else stream.table
     if not insp.has_table(stream.table, schema=stream.schema_):
@@ -88,34 +144,20 @@ def inspect_source(conn: Any, stream: StreamConfig) -> SourceTable:
             "has no cursor to resume from.",
             hint="Name a unique, non-null column (or columns) as `cursor:` for this stream.",
         )
-    for c in cursor:
+    for role, c in [("cursor", c) for c in cursor] + [
+        ("tie_breaker", c) for c in stream.tie_breaker or []
+    ]:
         if c not in names:
             raise ConfigError(
-                f"Stream '{stream.target}': the cursor column '{c}' is not a column of the "
+                f"Stream '{stream.target}': the {role} column '{c}' is not a column of the "
                 f"source table '{label}' (its columns: {', '.join(names)})."
             )
     uniques = [pk] + [
         [_unescaped(conn, c) for c in u["column_names"]]
         for u in insp.get_unique_constraints(stream.table, schema=stream.schema_)
     ]
-    if not any(u and set(u) <= set(cursor) for u in uniques):
-        # Keyset pagination needs a unique order; the primary key breaks ties.
-        extra = [c for c in pk if c not in cursor]
-        if not pk:
-            raise ConfigError(
-                f"Stream '{stream.target}': the cursor ({', '.join(cursor)}) of '{label}' is "
-                "not unique and the table has no primary key to break ties.",
-                hint="Add columns to the cursor until it is unique.",
-            )
-        cursor += extra
-    nullable = {c["name"]: bool(c.get("nullable", True)) for c in cols}
-    nulls = [c for c in cursor if nullable[c] and c not in pk]
-    if nulls:
-        raise ConfigError(
-            f"Stream '{stream.target}': the cursor column '{nulls[0]}' of '{label}' allows "
-            "NULL, and rows with a NULL cursor cannot be paged by keyset.",
-            hint="Choose a NOT NULL cursor column.",
-        )
+    nullable = {c["name"]: bool(c.get("nullable", True)) and c["name"] not in pk for c in cols}
+    cursor = settle_cursor(stream, label, cursor, pk, uniques, nullable)
     if stream.where:
         _check_where(conn, stream, label)
     types = {c["name"]: c["type"] for c in cols}
@@ -124,6 +166,55 @@ def inspect_source(conn: Any, stream: StreamConfig) -> SourceTable:
         logical[name] = Logical("json")
     fks = insp.get_foreign_keys(stream.table, schema=stream.schema_)
     return SourceTable(stream, names, types, logical, declared, nullable, pk, cursor, fks)
+
+
+def settle_cursor(
+    stream: StreamConfig,
+    label: str,
+    cursor: list[str],
+    key: list[str],
+    uniques: list[list[str]],
+    nullable: dict[str, bool],
+) -> list[str]:
+    """Make the cursor a unique order: append the tie-breaker (`tie_breaker:`, else the
+    primary key) when the cursor is not unique by itself or its lead may be NULL.
+
+    Keyset pagination reads "the rows after the last key": with two rows on the same key,
+    a batch ending between them would skip the second. And rows with a NULL lead are
+    paged by the columns after it (keyset.null_lead), so those columns must exist.
+    """
+    lead_nullable = nullable.get(cursor[0], False)
+    unique = any(u and set(u) <= set(cursor) for u in uniques) and not lead_nullable
+    if stream.tie_breaker:
+        cursor = cursor + [c for c in stream.tie_breaker if c not in cursor]
+    elif not unique:
+        if not key:
+            what = (
+                f"column '{cursor[0]}' of '{label}' may be NULL"
+                if lead_nullable
+                else f"({', '.join(cursor)}) of '{label}' is not unique"
+            )
+            raise ConfigError(
+                f"Stream '{stream.target}': the cursor {what}, and there is no primary key "
+                "to break ties.",
+                hint="Name unique, non-null columns as `tie_breaker:` (or add them to the cursor).",
+            )
+        cursor = cursor + [c for c in key if c not in cursor]
+    if lead_nullable and len(cursor) == 1:
+        raise ConfigError(
+            f"Stream '{stream.target}': the cursor column '{cursor[0]}' of '{label}' may be "
+            "NULL, and rows with a NULL cursor are ordered by the columns after it; it has none.",
+            hint="Name a unique, non-null `tie_breaker:`.",
+        )
+    nulls = [c for c in cursor[1:] if nullable.get(c, True) and c not in key]
+    if nulls:
+        raise ConfigError(
+            f"Stream '{stream.target}': the cursor column '{nulls[0]}' of '{label}' allows "
+            "NULL; only the first cursor column may (its NULL rows are copied as a part of "
+            "their own, ordered by the columns after it).",
+            hint="Choose NOT NULL columns after the first, or make the column the first.",
+        )
+    return cursor
 
 
 def _mariadb_json_columns(conn: Any, stream: StreamConfig) -> set[str]:
@@ -188,6 +279,7 @@ def inspect_destination(
         if exists:
             _check_fit(src, dest_conn, insp, target)
             rows_present = bool(dest_conn.query(f"SELECT 1 FROM {dest_conn.quote(target)} LIMIT 1"))
+        write_modes.check_destination_key(dest_conn, src, exists)
         plans.append(DestinationPlan(src, table, exists, rows_present))
     return plans
 
@@ -216,6 +308,9 @@ def _destination_table(
     if dest_conn.family != "postgresql":
         # SQLite and MySQL (foreign_key_checks=0) accept constraints before the rows.
         constraints = _foreign_keys(src, targets)
+    key = write_modes.unique_key(src)  # `write: upsert` by a declared key: its index
+    if key:
+        constraints.append(sa.UniqueConstraint(*key))
     return sa.Table(src.stream.target, meta, *columns, *constraints)
 
 
@@ -225,6 +320,8 @@ def _column_type(
     reflected = src.types[name]
     if same and family == "sqlite":
         return Declared(src.declared.get(name) or "")
+    if same and family == "postgresql" and name in src.exact_types:
+        return Declared(src.exact_types[name])  # a query's column: no relation to look it up
     if same and family == "postgresql" and isinstance(reflected, sa.types.NullType):
         exact = source_conn.query(
             "SELECT format_type(atttypid, atttypmod) FROM pg_attribute "
@@ -239,9 +336,11 @@ def _column_type(
     if logical is None:
         shown = src.declared.get(name) or reflected
         raise SchemaError(
-            f"Stream '{src.stream.target}': column '{name}' of table '{src.label}' has type "
+            f"Stream '{src.stream.target}': column '{name}' of {src.described} has type "
             f"{shown}, which milepost cannot carry to {family} faithfully.",
-            hint="Exclude the table, or cast the column in a view and copy the view.",
+            hint="CAST it to a type milepost knows in the query (… AS name)."
+            if src.query is not None
+            else "Exclude the table, or cast the column in a view and copy the view.",
         )
     return destination_type(logical, family)
 
@@ -271,7 +370,7 @@ def _check_fit(src: SourceTable, dest_conn: Any, insp: Any, target: str) -> None
         if name not in dest_cols:
             raise SchemaError(
                 f"Stream '{src.stream.target}': the existing destination table '{target}' has "
-                f"no column '{name}', which the source table '{src.label}' has.",
+                f"no column '{name}', which the source {src.described} has.",
                 hint="Add the column, or drop the table and let milepost create it.",
             )
         have = classify(dest_cols[name]["type"], declared.get(name) if declared else None)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from milepost import connectors, ledger
+from milepost import connectors, ledger, resource_ledger, watermarks
 from milepost.config import Pipeline
 
 
@@ -23,6 +23,10 @@ def pipeline_status(pipeline: Pipeline) -> dict[str, Any]:
             return _never_run(pipeline)
         now = time.time()
         chunks = ledger.read_chunks(dst, pipeline.name)
+        marks = watermarks.read(dst, pipeline.name)
+        modes = {s.target: s.mode for s in pipeline.streams}
+        # HTTP and Python streams: their resources and high water (resource_ledger.py).
+        resources = resource_ledger.summary(dst, pipeline.name)
         streams = []
         for row in ledger.read_streams(dst, pipeline.name):
             name, estimate, path = row.stream, row.rows_estimate, row.transfer
@@ -40,6 +44,11 @@ def pipeline_status(pipeline: Pipeline) -> dict[str, Any]:
                     if mine and done == len(mine)
                     else ("in_progress" if any(c.batches for c in mine) else "pending"),
                     "transfer": path,
+                    "mode": modes.get(name, "migrate"),
+                    # Where the last completed run stopped: the next incremental run
+                    # starts after it.
+                    "completed": marks[name].as_dict() if name in marks else None,
+                    **({"resources": resources[name]} if name in resources else {}),
                 }
             )
         alive = ledger.holder_is_alive(run, now)

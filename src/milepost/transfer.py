@@ -21,9 +21,10 @@ import datetime as dt
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from milepost import connectors
+from milepost import connectors, write_modes
 from milepost.config import Pipeline
 from milepost.keyset import RangeFilter
+from milepost.query import Relation
 from milepost.schema import SourceTable
 from milepost.typemap import Logical
 
@@ -55,7 +56,7 @@ class _Path:
     src: Any
     dst: Any
     table: SourceTable
-    src_table: str
+    src_table: Relation  # the quoted table, or the stream's query
     dst_table: str
 
     def __post_init__(self) -> None:
@@ -66,7 +67,7 @@ class _Path:
         return self.table.columns
 
     def select(
-        self, rng: RangeFilter, select_list: str | None = None, src_table: str | None = None
+        self, rng: RangeFilter, select_list: str | None = None, src_table: Relation | None = None
     ) -> tuple[str, list[Any]]:
         return self.src.select_range(
             src_table or self.src_table, self.columns, self.table.cursor, rng, select_list
@@ -104,6 +105,8 @@ class SqliteAttachedInsert(_Path):
     """SQLite reads the attached source file itself; no row passes through Python."""
 
     name = "sqlite-attach"
+    # Set by write_modes for `write: upsert`: the ON CONFLICT clause after the SELECT.
+    upsert_clause = ""
 
     def __post_init__(self) -> None:
         # ATTACH is refused inside a transaction, so it happens before the first batch.
@@ -118,7 +121,11 @@ class SqliteAttachedInsert(_Path):
         source = f"{self.alias}.{self.src_table}"
         query, params = self.select(rng, src_table=source)
         cols = ", ".join(self.dst.quote(c) for c in self.columns)
-        return int(self.dst.execute(f"INSERT INTO {self.dst_table} ({cols}) {query}", params))
+        return int(
+            self.dst.execute(
+                f"INSERT INTO {self.dst_table} ({cols}) {query} {self.upsert_clause}", params
+            )
+        )
 
 
 class MysqlLinesToCopy(_Path):
@@ -216,22 +223,30 @@ def same_column_types(src: Any, dst: Any, table: SourceTable) -> bool:
     """Do two PostgreSQL tables declare the stream's columns with exactly the same types?
     Then binary COPY passes through unchanged, and each type's own hash compares them."""
     wanted = set(table.columns)
-    src_table = src.qualified(table.name, table.stream.schema_)
     dst_table = dst.quote(table.stream.target)
-    mine = sorted(t for t in src.column_types(src_table) if t.split(":", 1)[0] in wanted)
+    if table.query is not None:  # no relation to look up: the types its view showed
+        mine = sorted(f"{c}:{t}" for c, t in table.exact_types.items() if c in wanted)
+    else:
+        src_table = src.qualified(table.name, table.stream.schema_)
+        mine = sorted(t for t in src.column_types(src_table) if t.split(":", 1)[0] in wanted)
     theirs = sorted(t for t in dst.column_types(dst_table) if t.split(":", 1)[0] in wanted)
     return mine == theirs
 
 
 def choose(src: Any, dst: Any, table: SourceTable) -> Transfer:
-    """The cheapest path for this pair of engines and this table."""
-    src_table = src.qualified(table.name, table.stream.schema_)
+    """The cheapest path for this pair of engines and this table; with `write: upsert`,
+    its batches land by the destination's native upsert (milepost/write_modes.py)."""
+    return write_modes.landing(_cheapest(src, dst, table), table)
+
+
+def _cheapest(src: Any, dst: Any, table: SourceTable) -> Transfer:
     dst_table = dst.quote(table.stream.target)
-    args = (src, dst, table, src_table, dst_table)
+    args = (src, dst, table, table.reader(src), dst_table)
     pair = (src.family, dst.family)
     if pair == ("postgresql", "postgresql"):
         return PostgresCopyPassthrough(*args, binary=same_column_types(src, dst, table))
-    if pair == ("sqlite", "sqlite"):
+    if pair == ("sqlite", "sqlite") and table.query is None:
+        # (A query names its tables unqualified, which would find the destination's.)
         return SqliteAttachedInsert(*args)
     if pair == ("mysql", "postgresql"):
         return MysqlLinesToCopy(*args)

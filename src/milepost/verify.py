@@ -41,10 +41,11 @@ from milepost.checksum_sql import (
 from milepost.config import Pipeline
 from milepost.errors import ConfigError, LeaseHeld
 from milepost.events import Event, Listener, ignore
-from milepost.keyset import Key, RangeFilter
-from milepost.plan import plan_chunks
+from milepost.keyset import Key, RangeFilter, nulls_start
+from milepost.plan import ChunkPlan, plan_chunks
 from milepost.transfer import same_column_types
 from milepost.verify_report import Difference, Report, StreamReport
+from milepost.verify_upsert import UpsertSettler
 
 # How a stream's ranges are summed (see checksum_sql and checksum).
 NATIVE = "in-database"  # same engine, same types: each type's own hash, inside the server
@@ -84,7 +85,7 @@ class RangeComparer:
         self.set_aside = tuple(set_aside)
         self.ranges_agree = orders_alike(table, {src.family, dst.family})
         self.stream = table.stream.target
-        self.src_table = src.qualified(table.name, table.stream.schema_)
+        self.src_table = table.relation(src)
         self.dst_table = dst.quote(table.stream.target)
         self.narrow_to = max(1, batch_size)
         self.hasher = RowHasher([table.logical.get(c) for c in table.columns])
@@ -104,23 +105,25 @@ class RangeComparer:
             if s == d:
                 self.settled_by_value += 1
                 return []
-        return self._narrow(method, lo, hi, s, d)
+        found = self._narrow(method, lo, hi, s, d)
+        if self.table.stream.write == "upsert":  # rows of its own, one per key: by key
+            held = UpsertSettler(self.src, self.dst, self.table, self.src_table, self.dst_table)
+            found = [f for f in found if not held.holds(f.lo, f.hi, self.set_aside)]
+        return found
 
     def sums(self, method: str, lo: Key | None, hi: Key | None) -> tuple[RangeSum, RangeSum]:
         """Count and checksum of (lo, hi] on each side, without the rows set aside."""
-        where = self.table.stream.where
-        src = self._sum(method, self.src, self.src_table, RangeFilter(lo, hi, where), "src")
-        dst = self._sum(method, self.dst, self.dst_table, RangeFilter(lo, hi), "dst")
+        t = self.table
+        src = self._sum(method, self.src, self.src_table, t.range(lo, hi), "src")
+        dst = self._sum(method, self.dst, self.dst_table, t.range(lo, hi, source=False), "dst")
         # Sums add up: the set-aside rows' own sums come off, a few hundred keys at a time
         # (a predicate per key, kept well under every engine's limit on parameters).
         keys = in_range(self.set_aside, lo, hi)
         for start in range(0, len(keys), SET_ASIDE_PER_QUERY):
             part = keys[start : start + SET_ASIDE_PER_QUERY]
-            src -= self._sum(
-                method, self.src, self.src_table, RangeFilter(lo, hi, where, within=part), "src"
-            )
+            src -= self._sum(method, self.src, self.src_table, t.range(lo, hi, within=part), "src")
             dst -= self._sum(
-                method, self.dst, self.dst_table, RangeFilter(lo, hi, within=part), "dst"
+                method, self.dst, self.dst_table, t.range(lo, hi, source=False, within=part), "dst"
             )
         return src, dst
 
@@ -182,13 +185,13 @@ class RangeComparer:
         """A key that halves the side with more rows in the range (None: cannot split)."""
         if not self.ranges_agree:
             return None
-        where = self.table.stream.where
+        t = self.table
         # The source's keys when it has two rows to split between: keys read from the
         # destination may come back as another type (SQLite's text for a timestamp).
         if s.rows >= 2 or s.rows >= d.rows:
-            conn, table, rng, n = self.src, self.src_table, RangeFilter(lo, hi, where), s.rows
+            conn, table, rng, n = self.src, self.src_table, t.range(lo, hi), s.rows
         else:
-            conn, table, rng, n = self.dst, self.dst_table, RangeFilter(lo, hi), d.rows
+            conn, table, rng, n = self.dst, self.dst_table, t.range(lo, hi, source=False), d.rows
         if n < 2:
             return None
         key, _ = conn.next_batch_end(table, self.table.cursor, rng, n // 2)
@@ -234,8 +237,10 @@ def in_order(found: list[Difference]) -> list[Difference]:
 
 
 def choose_method(src: Any, dst: Any, table: schema.SourceTable) -> str:
-    """The cheapest way to sum this stream's ranges that compares every value."""
-    if src.family == dst.family == "postgresql" and same_column_types(src, dst, table):
+    """The cheapest way to sum this stream's ranges that compares every value. (The native
+    hash looks each column's type up by its table, which a query does not have.)"""
+    native = src.family == dst.family == "postgresql" and table.query is None
+    if native and same_column_types(src, dst, table):
         return NATIVE
     return TEXT
 
@@ -258,10 +263,11 @@ def plan_tasks(
     """
     stream = table.stream.target
     whole_only = not orders_alike(table, {src.family, dst.family})
-    if chunks:
+    if chunks is not None:
         tasks, pending = [], 0
         for c in sorted(chunks, key=lambda c: c.index):
-            if whole_only and (c.status != "done" or c.lo is not None or c.hi is not None):
+            whole = c.hi is None and (c.lo is None or c.lo == nulls_start(table.cursor))
+            if whole_only and (c.status != "done" or not whole):
                 pending += 1  # a part of a text range cannot be told apart on both sides
             elif c.status == "done":
                 tasks.append(Task(stream, c.index, c.lo, c.hi))
@@ -271,9 +277,11 @@ def plan_tasks(
             else:
                 pending += 1
         return tasks, len(chunks), pending
-    src_table = src.qualified(table.name, table.stream.schema_)
-    estimate = src.estimate_rows(table.name, table.stream.schema_)
+    src_table = table.relation(src)
+    estimate = table.estimate_rows(src)
     planned = plan_chunks(src, table, src_table, estimate, pipeline.batch_size)
+    if table.lead_nullable:
+        planned.append(ChunkPlan(len(planned), nulls_start(table.cursor), None))
     return [Task(stream, c.index, c.lo, c.hi) for c in planned], len(planned), 0
 
 
@@ -386,14 +394,36 @@ class Verifier:
                 run = ledger.read_run(dst, self.pipeline.name)
                 if run is not None:
                     refuse_if_running(run)
+            # A planned stream may have no chunks: a migrate stream that an earlier
+            # completed run copied, in an incremental run. It has nothing new to compare.
+            for s in ledger.read_streams(dst, self.pipeline.name):
+                chunks_by_stream[s.stream] = []
             for c in ledger.read_chunks(dst, self.pipeline.name):
                 chunks_by_stream.setdefault(c.stream, []).append(c)
             self._set_aside = ledger.read_set_aside(dst, self.pipeline.name)
+        # An HTTP API or a generator cannot be read a second time alike: nothing to compare.
+        pages = [s.target for s in self.pipeline.streams if s.kind in ("endpoint", "python")]
+        if pages and (only is None or set(pages) & set(only)):
+            self.emit(
+                Event(
+                    "message",
+                    text=f"verification skips {', '.join(pages)}: an HTTP or Python source "
+                    "cannot be read again consistently (docs/sources/http.md)",
+                )
+            )
         if tables is None:
-            tables = [schema.inspect_source(src, s) for s in self.pipeline.streams]
+            tables = [
+                schema.inspect_source(src, s)
+                for s in self.pipeline.streams
+                if s.target not in pages
+            ]
             for t in tables:
                 _require_destination_table(dst, t)
-        chosen = [t for t in tables if only is None or t.stream.target in only]
+        chosen = [
+            t
+            for t in tables
+            if (only is None or t.stream.target in only) and t.stream.target not in pages
+        ]
         self._tables = {t.stream.target: t for t in chosen}
         self._methods = {t.stream.target: choose_method(src, dst, t) for t in chosen}
         return chunks_by_stream

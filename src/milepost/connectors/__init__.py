@@ -16,6 +16,10 @@ _REGISTRY = {
     "postgresql": ("milepost.connectors.postgres", "postgres"),
     "mysql": ("milepost.connectors.mysql", "mysql"),
     "sqlite": ("milepost.connectors.sqlite", None),
+    # Sources only: an HTTP API (docs/sources/http.md), and none at all for a pipeline of
+    # Python generators (docs/sources/python.md).
+    "http": ("milepost.connectors.http", None),
+    "python": ("milepost.python_source", None),
 }
 
 
@@ -51,6 +55,7 @@ _DRIVER_MODULES = {
     "psycopg": "milepost.connectors.postgres",
     "pymysql": "milepost.connectors.mysql",
     "sqlite3": "milepost.connectors.sqlite",
+    "httpx": "milepost.connectors.http",
 }
 
 

@@ -16,6 +16,7 @@ from typing import Any, Protocol, runtime_checkable
 from sqlalchemy.engine import Engine
 
 from milepost.keyset import Key, KeysetSql, RangeFilter, verbatim
+from milepost.query import ParsedQuery, Relation
 from milepost.urls import DatabaseUrl
 
 
@@ -47,16 +48,16 @@ class Connection(Protocol):
     def savepoint(self, name: str = "milepost_try") -> Any: ...
 
     def next_batch_end(
-        self, table: str, cursor: Sequence[str], rng: RangeFilter, batch_size: int
+        self, table: Relation, cursor: Sequence[str], rng: RangeFilter, batch_size: int
     ) -> tuple[Key | None, bool]: ...
 
     def cursor_bounds(
-        self, table: str, cursor: Sequence[str], rng: RangeFilter
+        self, table: Relation, cursor: Sequence[str], rng: RangeFilter
     ) -> tuple[Key | None, Key | None]: ...
 
     def select_range(
         self,
-        table: str,
+        table: Relation,
         columns: Sequence[str],
         cursor: Sequence[str],
         rng: RangeFilter,
@@ -181,7 +182,7 @@ class ConnectionBase:
     # --- batch planning: the upper key of the next batch, known before it is read ---
 
     def next_batch_end(
-        self, table: str, cursor: Sequence[str], rng: RangeFilter, batch_size: int
+        self, table: Relation, cursor: Sequence[str], rng: RangeFilter, batch_size: int
     ) -> tuple[Key | None, bool]:
         """The last key of the next batch of `batch_size` rows, and whether it is the final one.
 
@@ -189,49 +190,71 @@ class ConnectionBase:
         can be read and written as a bounded range whose ledger row needs nothing
         from the data.
         """
-        ks = self.keyset(cursor)
+        ks = self._keyset_over(table, cursor)
         where, params = rng.sql(ks)
-        cols = ", ".join(ks.columns)
         p = self.placeholder
         rows = self.query(
-            f"SELECT {cols} FROM {table} WHERE {where} ORDER BY {ks.order()} LIMIT 1 OFFSET {p}",
+            self._select(table, cursor, where, ks.order(), f"LIMIT 1 OFFSET {p}"),
             [*params, batch_size - 1],
         )
         if rows:
             return tuple(rows[0]), False
-        rows = self.query(
-            f"SELECT {cols} FROM {table} WHERE {where} ORDER BY {ks.order(True)} LIMIT 1", params
-        )
+        rows = self.query(self._select(table, cursor, where, ks.order(True), "LIMIT 1"), params)
         return (tuple(rows[0]), True) if rows else (None, True)
 
     def cursor_bounds(
-        self, table: str, cursor: Sequence[str], rng: RangeFilter
+        self, table: Relation, cursor: Sequence[str], rng: RangeFilter
     ) -> tuple[Key | None, Key | None]:
         """The smallest and largest key in `rng` (two index lookups), or (None, None)."""
-        ks = self.keyset(cursor)
+        ks = self._keyset_over(table, cursor)
         where, params = rng.sql(ks)
-        cols = ", ".join(ks.columns)
         ends = []
         for descending in (False, True):
             rows = self.query(
-                f"SELECT {cols} FROM {table} WHERE {where} ORDER BY {ks.order(descending)} LIMIT 1",
-                params,
+                self._select(table, cursor, where, ks.order(descending), "LIMIT 1"), params
             )
             ends.append(tuple(rows[0]) if rows else None)
         return ends[0], ends[1]
 
     def select_range(
         self,
-        table: str,
+        table: Relation,
         columns: Sequence[str],
         cursor: Sequence[str],
         rng: RangeFilter,
         select_list: str | None = None,
     ) -> tuple[str, list[Any]]:
-        ks = self.keyset(cursor)
+        if select_list is not None:
+            # A select list of its own (over the output columns) reads a query as a table.
+            if isinstance(table, ParsedQuery):
+                table = table.derived(self.placeholder)
+            ks = self.keyset(cursor)
+            where, params = rng.sql(ks)
+            return f"SELECT {select_list} FROM {table} WHERE {where} ORDER BY {ks.order()}", params
+        ks = self._keyset_over(table, cursor)
         where, params = rng.sql(ks)
-        cols = select_list or ", ".join(self.quote(c) for c in columns)
-        return f"SELECT {cols} FROM {table} WHERE {where} ORDER BY {ks.order()}", params
+        return self._select(table, columns, where, ks.order()), params
+
+    def _keyset_over(self, table: Relation, cursor: Sequence[str]) -> KeysetSql:
+        """Over a merged query, the keyset compares the cursor's source expressions (its
+        WHERE cannot name the output aliases); otherwise the quoted cursor columns."""
+        if isinstance(table, ParsedQuery) and table.merged:
+            columns = table.keyset_columns(cursor, self.placeholder)
+            return KeysetSql(tuple(columns), self.placeholder, self.row_values)
+        return self.keyset(cursor)
+
+    def _select(
+        self, table: Relation, columns: Sequence[str], where: str, order: str, tail: str = ""
+    ) -> str:
+        """SELECT `columns` of the rows matching `where`, ordered, then `tail` (a LIMIT)."""
+        if isinstance(table, ParsedQuery):
+            if table.merged:
+                own = list(columns) == list(table.columns)
+                return table.rewrite(None if own else columns, where, order, tail, self.placeholder)
+            table = table.derived(self.placeholder)
+        cols = ", ".join(self.quote(c) for c in columns)
+        end = f" {tail}" if tail else ""
+        return f"SELECT {cols} FROM {table} WHERE {where} ORDER BY {order}{end}"
 
     def close(self) -> None:
         with contextlib.suppress(Exception):
