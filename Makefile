@@ -37,6 +37,7 @@ bench: $(DEV_STAMP)
 	$(BIN)/python bench/outage_bench.py
 	$(BIN)/python bench/checkpoint_bench.py
 	$(BIN)/python bench/verify_bench.py
+	$(BIN)/python bench/incremental_bench.py
 
 lint: $(DEV_STAMP)
 	$(BIN)/ruff check src tests bench
