@@ -115,11 +115,16 @@ class PostgresStage:
     row-by-row path for refused rows makes, sees only its own rows.
     """
 
-    def __init__(self, dst: Any, table: str, columns: list[str], key: list[str]) -> None:
+    def __init__(
+        self, dst: Any, table: str, columns: list[str], key: list[str], *, repeats: bool = True
+    ) -> None:
         self.dst = dst
         self.table = table
         self.columns = columns
         self.key = key
+        # May a key come twice in one batch? Not when it holds the source's primary key;
+        # then the merge skips looking for a later row of each key (~14% of a batch).
+        self.repeats = repeats
         digest = hashlib.sha1(table.encode()).hexdigest()[:16]
         self.name = f"_milepost_stage_{digest}"
 
@@ -142,11 +147,16 @@ class PostgresStage:
         same_key = " AND ".join(f"later.{q(c)} = b.{q(c)}" for c in self.key)
         # Equal keys: keep the last copied. `=` is false for NULL, as in a unique index, so
         # rows whose key holds a NULL never conflict and are all kept.
+        last_only = (
+            f" WHERE NOT EXISTS (SELECT 1 FROM batch later WHERE {same_key} "
+            f"AND later.{_ORDINAL} > b.{_ORDINAL})"
+            if self.repeats
+            else ""
+        )
         self.dst.execute(
             f"WITH batch AS (DELETE FROM {self.name} RETURNING *) "
             f"INSERT INTO {self.table} ({cols}) OVERRIDING SYSTEM VALUE "
-            f"SELECT {picked} FROM batch b WHERE NOT EXISTS (SELECT 1 FROM batch later "
-            f"WHERE {same_key} AND later.{_ORDINAL} > b.{_ORDINAL}) "
+            f"SELECT {picked} FROM batch b{last_only} "
             f"{conflict_clause(self.dst, self.columns, self.key)}"
         )
 
@@ -232,7 +242,7 @@ def landing(path: Transfer, table: SourceTable) -> Transfer:
     batch it moves lands by the destination's native upsert."""
     if table.stream.write != "upsert":
         return path
-    return Upserting(path, upsert_key(table))
+    return Upserting(path, upsert_key(table), repeats=needs_order(table))
 
 
 class Upserting:
@@ -244,7 +254,7 @@ class Upserting:
     native upsert on the rows the path read.
     """
 
-    def __init__(self, path: Any, key: list[str]) -> None:
+    def __init__(self, path: Any, key: list[str], *, repeats: bool = True) -> None:
         self.path = path
         self.name = f"{path.name}+upsert"
         self.prefetch = path.prefetch
@@ -253,7 +263,7 @@ class Upserting:
         self.table = path.dst_table
         self.stage: PostgresStage | None = None
         if self.dst.family == "postgresql":
-            self.stage = PostgresStage(self.dst, self.table, path.columns, key)
+            self.stage = PostgresStage(self.dst, self.table, path.columns, key, repeats=repeats)
             path.dst_table = self.stage.name
         elif hasattr(path, "upsert_clause"):
             path.upsert_clause = conflict_clause(self.dst, path.columns, key)
