@@ -144,6 +144,22 @@ def test_a_join_query_is_copied_row_for_row(tmp_path: Path, src: Database, dst: 
     assert ledger_rows(dst, "query_stream") == n
 
 
+def test_a_postgresql_query_is_cut_into_parallel_chunks_by_its_estimate(
+    tmp_path: Path, pg: Database, lite: Database
+) -> None:
+    """The planner's estimate (EXPLAIN) sizes a query's chunks as a table's, so two workers
+    copy it side by side; the rows still arrive exactly once."""
+    setup_events(pg)
+    pg.sql("ANALYZE")
+    query = "SELECT e.id, e.kind, e.amount FROM events e WHERE e.kind <> 'test'"
+    stream = {"name": "by_id", "query": query}
+    done = run_cli(write_pipeline(tmp_path, pg, lite, stream, workers=2))
+    assert done.returncode == 0, done.stderr
+    chunks = lite.sql("SELECT count(*) FROM _milepost_chunks WHERE stream = 'by_id'")[0][0]
+    assert chunks > 1
+    assert assert_copied(pg, lite, query, "by_id", "id, kind, amount") == 225
+
+
 @pytest.mark.parametrize(
     ("source_family", "dest_family", "how"),
     [

@@ -71,9 +71,11 @@ class SourceTable:
         return self.query if self.query is not None else self.relation(conn)
 
     def estimate_rows(self, conn: Any) -> int | None:
-        """The planner's row estimate of a table; a query's is not known (None)."""
+        """The planner's row estimate of a table or a query (None when the engine gives
+        none): it sizes the chunks that let workers copy a stream side by side."""
         if self.query is not None:
-            return None
+            guess: int | None = conn.estimate_query_rows(self.relation(conn))
+            return guess
         estimate: int | None = conn.estimate_rows(self.name, self.stream.schema_)
         return estimate
 

@@ -270,3 +270,7 @@ class ConnectionBase:
 
     def estimate_rows(self, table: str, schema: str | None) -> int | None:
         return None
+
+    def estimate_query_rows(self, relation: str) -> int | None:
+        """The planner's guess of a query's rows (`relation` is FROM-able), if it has one."""
+        return None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import select
 from collections.abc import Iterator, Sequence
@@ -45,6 +46,13 @@ class PostgresConnection(ConnectionBase):
         if rows and rows[0][0] is not None and rows[0][0] >= 0:
             return int(rows[0][0])
         return int(self.query(f"SELECT count(*) FROM {name}")[0][0])
+
+    def estimate_query_rows(self, relation: str) -> int | None:
+        plan = self.query(f"EXPLAIN (FORMAT JSON) SELECT 1 FROM {relation}")[0][0]
+        if isinstance(plan, str):
+            plan = json.loads(plan)
+        rows = plan[0]["Plan"].get("Plan Rows")
+        return int(rows) if rows is not None else None
 
     def copy_out_blocks(
         self, query: str, params: Sequence[Any], fmt: str, coalesce: int
