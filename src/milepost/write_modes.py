@@ -200,7 +200,18 @@ def check_destination_key(dest_conn: Any, table: SourceTable, exists: bool) -> N
     insp = sa.inspect(dest_conn.sqlalchemy_engine())
     unique = [insp.get_pk_constraint(target).get("constrained_columns") or []]
     unique += [u["column_names"] for u in insp.get_unique_constraints(target)]
-    unique += [i["column_names"] for i in insp.get_indexes(target) if i.get("unique")]
+    # Not a partial index (ON CONFLICT (key) cannot use one without its WHERE), nor one
+    # over expressions (a None among its columns).
+    unique += [
+        i["column_names"]
+        for i in insp.get_indexes(target)
+        if i.get("unique")
+        and None not in i["column_names"]
+        and not any(
+            k.endswith("_where") and v is not None
+            for k, v in (i.get("dialect_options") or {}).items()
+        )
+    ]
     if dest_conn.family == "mysql":
         unique = [[c.replace("``", "`") for c in u] for u in unique]
     if any(u and sorted(u) == sorted(key) for u in unique):

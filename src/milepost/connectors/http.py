@@ -298,6 +298,9 @@ class HttpResource:
             for name, value in self._secret_params().items():  # left out when it was stored
                 if name not in url.params:
                     url = url.copy_add_param(name, value)
+            base = httpx.URL(self.client.base)  # and so are a base URL's user and password
+            if base.userinfo and not url.userinfo and url.host == base.host:
+                url = url.copy_with(userinfo=base.userinfo)
         elif p.style == "page":
             page = int(state.get("page", p.start))
             sizes = {p.size_param: p.size} if p.size_param and p.size else {}
@@ -351,7 +354,9 @@ class HttpResource:
         return None
 
     def _stored(self, url: httpx.URL) -> httpx.URL:
-        """A next link as the ledger keeps it: without the secret `params:` it echoes."""
+        """A next link as the ledger keeps it: without the secret `params:` it echoes, nor
+        the user and password a relative link takes over from the base URL."""
+        url = url.copy_with(userinfo=b"")
         for name, value in self._secret_params().items():
             if url.params.get_list(name) == [value]:
                 url = url.copy_remove_param(name)
