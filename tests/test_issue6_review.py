@@ -192,3 +192,27 @@ def test_upsert_into_a_table_whose_only_unique_index_on_the_key_is_partial_is_ex
     done = run_cli(path)
     assert_usage_error(done, "Stream 'items'", "(id)", "no primary key or unique index")
     assert tables(pg) == [TABLE]
+
+
+def test_an_api_mixing_zoned_and_bare_times_in_its_cursor_field_is_tracked() -> None:
+    """Some APIs write `2024-05-01T12:00:00Z` on one record and `2024-05-01T12:30:00` on the
+    next; both are times, and the larger must become the high water without a TypeError."""
+    from milepost.config import StreamConfig
+    from milepost.page_cursor import CursorTracker
+
+    stream = StreamConfig.model_validate(
+        {
+            "name": "issues",
+            "endpoint": "/issues",
+            "columns": {"id": "bigint", "updated_at": "timestamptz"},
+            "key": ["id"],
+            "cursor": ["updated_at"],
+            "mode": "incremental",
+            "write": "upsert",
+        }
+    )
+    tracker = CursorTracker(stream, "timestamptz", None)
+    assert tracker.keep({"id": 1, "updated_at": "2024-05-01T12:00:00Z"})
+    assert tracker.keep({"id": 2, "updated_at": "2024-05-01T12:30:00"})
+    assert tracker.keep({"id": 3, "updated_at": "2024-05-01T12:10:00+00:00"})
+    assert tracker.high_water() == {"value": "2024-05-01T12:30:00"}

@@ -114,9 +114,14 @@ class CursorTracker:
         if raw is None:
             return None
         try:
-            return self.order(raw)
+            value = self.order(raw)
         except (ValueError, TypeError):
             return None
+        if isinstance(value, dt.datetime) and value.tzinfo is None:
+            # An API that writes some times with an offset and some without: read the
+            # bare ones as UTC, so that the two kinds compare instead of raising.
+            value = value.replace(tzinfo=dt.UTC)
+        return value
 
 
 def _minus(value: Any, kind: str, lookback: str | int | float) -> Any:
