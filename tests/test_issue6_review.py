@@ -216,3 +216,15 @@ def test_an_api_mixing_zoned_and_bare_times_in_its_cursor_field_is_tracked() -> 
     assert tracker.keep({"id": 2, "updated_at": "2024-05-01T12:30:00"})
     assert tracker.keep({"id": 3, "updated_at": "2024-05-01T12:10:00+00:00"})
     assert tracker.high_water() == {"value": "2024-05-01T12:30:00"}
+
+
+def test_a_null_records_value_is_an_empty_page_but_a_missing_path_is_not() -> None:
+    """`{"items": null}` on the last page ends the resource; `records: results` against a
+    body without `results` stays a wrong path (refused, exit 2: test_http_source)."""
+    from milepost.connectors.http import _holds_null
+
+    assert _holds_null({"items": None, "next": None}, "items")
+    assert _holds_null({"data": {"items": None}}, "data.items")
+    assert not _holds_null({"items": []}, "items")
+    assert not _holds_null({"data": {}}, "data.items")
+    assert not _holds_null({"other": None}, "items")

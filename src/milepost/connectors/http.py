@@ -260,6 +260,16 @@ def dig(body: Any, path: str) -> Any:
     return node
 
 
+def _holds_null(body: Any, path: str) -> bool:
+    """Is the value at `path` present and JSON null (rather than the path missing, which
+    is a wrong `records:` and must be refused)?"""
+    if not path:
+        return body is None
+    parent, _, last = path.rpartition(".")
+    node = dig(body, parent)
+    return isinstance(node, dict) and last in node and node[last] is None
+
+
 @dataclass
 class Fetched:
     """One response: its records, and where the next page is (None: this was the last)."""
@@ -318,6 +328,8 @@ class HttpResource:
                 f"(Content-Type: {response.headers.get('Content-Type', 'none')})."
             ) from None
         found = dig(body, self.records)
+        if found is None and _holds_null(body, self.records):
+            found = []  # `"items": null`: some APIs' way of saying the last page is empty
         if not isinstance(found, list):
             where = f"at `records: {self.records}`" if self.records else "as the whole body"
             raise HttpRefused(
