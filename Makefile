@@ -7,6 +7,11 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 DEV_STAMP := $(VENV)/.installed-dev
 
+# `make test` runs the suite in pytest-xdist workers: two, like this machine's cores (most of a
+# test's time is a child `milepost` process starting and the servers answering, so two workers
+# roughly halve the wall time; more only queue for the same cores). TEST_WORKERS=0: serially.
+TEST_WORKERS ?= 2
+
 .PHONY: demo test torture bench lint format clean
 
 $(BIN)/python:
@@ -27,7 +32,7 @@ demo: $(STAMP)
 test: $(DEV_STAMP)
 	$(BIN)/ruff check src tests bench
 	$(BIN)/ruff format --check src tests bench
-	$(BIN)/pytest -m "not torture"
+	$(BIN)/pytest -m "not torture" -n $(TEST_WORKERS) --dist worksteal --durations=20
 
 torture: $(DEV_STAMP)
 	$(BIN)/pytest -m torture -x

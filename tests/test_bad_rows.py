@@ -50,9 +50,10 @@ PAIRS = [
 def fill_source(db: Database) -> None:
     db.sql(SOURCE_DDL)
     mark = "?" if db.family == "sqlite" else "%s"
-    for i in range(1, ROWS + 1):
-        qty = -i if i in BAD else i
-        db.sql(f"INSERT INTO items VALUES ({mark}, {mark}, {mark})", (i, qty, f"note {i}"))
+    db.sql_many(
+        f"INSERT INTO items VALUES ({mark}, {mark}, {mark})",
+        [(i, -i if i in BAD else i, f"note {i}") for i in range(1, ROWS + 1)],
+    )
 
 
 def pipeline(src: Database, dst: Database, mode: str, **extra: object) -> milepost.Pipeline:

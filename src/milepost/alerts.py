@@ -7,11 +7,14 @@ that is down or slow costs a log line, never the run's state or its exit code.
 
 from __future__ import annotations
 
-import httpx
+from typing import TYPE_CHECKING
 
 from milepost.config import Pipeline
 from milepost.errors import RetriesExhausted
 from milepost.events import Event, Listener
+
+if TYPE_CHECKING:
+    import httpx
 
 WEBHOOK_TIMEOUT_S = 10.0
 
@@ -43,6 +46,8 @@ def send_alert(
         "error": error.message,
         "resume": resume,
     }
+    import httpx  # ~90 ms of imports, paid only by a run that has a webhook to call
+
     try:
         response = httpx.post(url, json=payload, timeout=WEBHOOK_TIMEOUT_S)
         response.raise_for_status()
@@ -60,12 +65,16 @@ def send_alert(
 
 def _shown(url: str) -> str:
     """Scheme and host only: webhook paths and queries often carry the token."""
+    import httpx
+
     parsed = httpx.URL(url)
     port = f":{parsed.port}" if parsed.port else ""
     return f"{parsed.scheme}://{parsed.host}{port}/…"
 
 
 def _status(exc: httpx.HTTPError) -> str:
+    import httpx
+
     if isinstance(exc, httpx.HTTPStatusError):
         return f" (HTTP {exc.response.status_code})"
     return ""

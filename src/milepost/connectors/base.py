@@ -11,13 +11,15 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from typing import Any, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 from sqlalchemy.engine import Engine
 
 from milepost.keyset import Key, KeysetSql, RangeFilter, verbatim
-from milepost.query import ParsedQuery, Relation
 from milepost.urls import DatabaseUrl
+
+if TYPE_CHECKING:  # sqlglot (~45 ms) loads with the first query, not for `status` or `pause`
+    from milepost.query import Relation
 
 
 @runtime_checkable
@@ -224,6 +226,8 @@ class ConnectionBase:
         rng: RangeFilter,
         select_list: str | None = None,
     ) -> tuple[str, list[Any]]:
+        from milepost.query import ParsedQuery
+
         if select_list is not None:
             # A select list of its own (over the output columns) reads a query as a table.
             if isinstance(table, ParsedQuery):
@@ -238,6 +242,8 @@ class ConnectionBase:
     def _keyset_over(self, table: Relation, cursor: Sequence[str]) -> KeysetSql:
         """Over a merged query, the keyset compares the cursor's source expressions (its
         WHERE cannot name the output aliases); otherwise the quoted cursor columns."""
+        from milepost.query import ParsedQuery
+
         if isinstance(table, ParsedQuery) and table.merged:
             columns = table.keyset_columns(cursor, self.placeholder)
             return KeysetSql(tuple(columns), self.placeholder, self.row_values)
@@ -247,6 +253,8 @@ class ConnectionBase:
         self, table: Relation, columns: Sequence[str], where: str, order: str, tail: str = ""
     ) -> str:
         """SELECT `columns` of the rows matching `where`, ordered, then `tail` (a LIMIT)."""
+        from milepost.query import ParsedQuery
+
         if isinstance(table, ParsedQuery):
             if table.merged:
                 own = list(columns) == list(table.columns)

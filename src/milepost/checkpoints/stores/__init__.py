@@ -18,7 +18,6 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
-import fsspec
 from sqlalchemy.engine import make_url
 
 from milepost.checkpoints.redact import mask_url
@@ -83,6 +82,8 @@ def open_store(
             hint="Keep checkpoints in a directory, sqlite:///, postgresql:// or an object "
             "store such as s3://bucket/prefix.",
         )
+    import fsspec  # ~60 ms of imports, paid only by object-store checkpoints
+
     if scheme not in fsspec.available_protocols():
         raise ConfigError(
             f"checkpoints.store: the scheme '{scheme}' of {mask_url(text)} is not known.",

@@ -20,8 +20,6 @@ import contextlib
 import secrets
 from typing import Any
 
-import fsspec
-
 from milepost.checkpoints.errors import CheckpointNotFound, CheckpointStoreError
 from milepost.checkpoints.redact import mask_url, redact_text
 from milepost.checkpoints.stores.base import (
@@ -41,6 +39,8 @@ class FsspecStore:
     def __init__(self, url: str, pipeline: str, **storage_options: Any) -> None:
         self.pipeline = check_pipeline(pipeline)
         self._masked = f"{mask_url(url.rstrip('/'))}/{pipeline}"
+        import fsspec.core  # ~60 ms of imports: not paid by the other stores
+
         try:
             self.fs, root = fsspec.core.url_to_fs(url, **storage_options)
         except ImportError as exc:
