@@ -756,3 +756,19 @@ class BackendKiller:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def run_to_crash(pipeline: Path, crash_at: str | None = None) -> subprocess.CompletedProcess[str]:
+    """`milepost run` in a child process, SIGKILLed at the crash point `crash_at`
+    (milepost/crash.py) when given; returncode -9 then."""
+    env = {k: v for k, v in os.environ.items() if k != "MILEPOST_CRASH_AT"}
+    if crash_at:
+        env["MILEPOST_CRASH_AT"] = crash_at
+    return subprocess.run(
+        [sys.executable, "-m", "milepost", "run", str(pipeline), "--progress", "plain"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=180,
+        cwd=pipeline.parent,
+    )

@@ -11,9 +11,6 @@ compared with the source row by row.
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -25,6 +22,7 @@ from faults import (
     database,
     ledger_rows,
     make_rows,
+    run_to_crash,
     write_pipeline,
 )
 
@@ -42,20 +40,6 @@ TORTURE_PAIRS = [
 ]
 
 
-def _run(pipeline: Path, crash_at: str | None = None) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if k != "MILEPOST_CRASH_AT"}
-    if crash_at:
-        env["MILEPOST_CRASH_AT"] = crash_at
-    return subprocess.run(
-        [sys.executable, "-m", "milepost", "run", str(pipeline), "--progress", "plain"],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=180,
-        cwd=pipeline.parent,
-    )
-
-
 def _crash_and_resume(tmp_path: Path, source_family: str, dest_family: str, point: str) -> None:
     context = f"{source_family}->{dest_family} killed at {point}"
     with (
@@ -66,7 +50,7 @@ def _crash_and_resume(tmp_path: Path, source_family: str, dest_family: str, poin
         create_destination(dest)
         pipeline = write_pipeline(tmp_path, "crash", source, dest, batch_size=BATCH, workers=1)
 
-        killed = _run(pipeline, crash_at=point)
+        killed = run_to_crash(pipeline, crash_at=point)
         assert killed.returncode == -9, f"{context}: not killed: {killed.stderr}"
         committed = ledger_rows(dest, "crash")
         held = int(dest.sql("SELECT count(*) FROM items")[0][0])
@@ -79,7 +63,7 @@ def _crash_and_resume(tmp_path: Path, source_family: str, dest_family: str, poin
         if name == "copy.after_commit":
             assert committed == int(nth) * BATCH, context
 
-        resumed = _run(pipeline)
+        resumed = run_to_crash(pipeline)
         assert resumed.returncode == 0, f"{context}: resume failed: {resumed.stderr}"
         assert "took over the lease" in resumed.stderr, resumed.stderr
         assert assert_same_rows(source, dest, context) == ROWS

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import os
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -22,6 +21,7 @@ import yaml
 
 import milepost
 from conftest import Database, make_database
+from faults import run_to_crash
 from milepost.status import pipeline_status
 
 T0 = dt.datetime(2024, 5, 1, 12, 0, 0)
@@ -219,20 +219,6 @@ def test_lookback_picks_up_a_row_that_committed_behind_the_watermark(
 # --- killed in the middle of an incremental run ------------------------------------------
 
 
-def _cli(pipeline_file: Path, crash_at: str | None = None) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if k != "MILEPOST_CRASH_AT"}
-    if crash_at:
-        env["MILEPOST_CRASH_AT"] = crash_at
-    return subprocess.run(
-        [sys.executable, "-m", "milepost", "run", str(pipeline_file), "--progress", "none"],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=180,
-        cwd=pipeline_file.parent,
-    )
-
-
 @pytest.mark.parametrize(
     "point", ["schema.after_create", "copy.after_commit@2", "finalize.before_done"]
 )
@@ -251,13 +237,13 @@ def test_an_incremental_run_killed_then_resumed_copies_each_new_row_once(
     }
     path = tmp_path / "pipeline.yml"
     path.write_text(yaml.safe_dump(doc))
-    assert _cli(path).returncode == 0
+    assert run_to_crash(path).returncode == 0
     insert(pg, [(100 + i, at(10 + i / 10), f"new-{i}") for i in range(15)])
     insert(pg, [(200, None, "null-new")])
 
-    killed = _cli(path, point)
+    killed = run_to_crash(path, point)
     assert killed.returncode == -9, killed.stderr
-    resumed = _cli(path)
+    resumed = run_to_crash(path)
 
     assert resumed.returncode == 0, resumed.stderr
     assert rows_of(my) == rows_of(pg)
